@@ -1,0 +1,152 @@
+//! Builds the application: configuration → store → services → router, and
+//! serves it until SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::keys::{load_master_key, KeyRing, Sealer, BROKER};
+use crate::licenses::Library;
+use crate::oauth::client_auth::Clients;
+use crate::oauth::AccessTokens;
+use crate::store::Store;
+use crate::telemetry::Metrics;
+
+/// Everything a request handler may call.
+pub struct Services {
+    /// Effective configuration.
+    pub config: Config,
+    /// Database.
+    pub store: Store,
+    /// Signing keys.
+    pub keys: Arc<KeyRing>,
+    /// The license library.
+    pub library: Library,
+    /// OAuth clients.
+    pub clients: Clients,
+    /// Access tokens.
+    pub tokens: AccessTokens,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+/// Shared state of the HTTP handlers.
+pub type AppState = Arc<Services>;
+
+/// A built application, ready to serve.
+pub struct App {
+    /// Its services.
+    pub services: AppState,
+}
+
+impl App {
+    /// Connects to the database, applies migrations and builds the services.
+    pub async fn build(config: Config) -> Result<Self> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            Error::internal(format!("cannot create {}: {e}", config.data_dir.display()))
+        })?;
+        let master = load_master_key(config.master_key.as_deref(), &config.data_dir)?;
+        let sealer = Arc::new(Sealer::new(&master)?);
+        let store = Store::connect(&config).await?;
+        store.migrate().await?;
+        let keys = Arc::new(KeyRing::new(store.clone(), sealer.clone()));
+        // Make sure the broker has a signing key before the first request.
+        keys.active(BROKER).await?;
+        let services = Services {
+            library: Library::new(
+                store.clone(),
+                sealer.clone(),
+                keys.clone(),
+                config.public_url.clone(),
+            ),
+            clients: Clients::new(store.clone(), sealer, &config.public_url),
+            tokens: AccessTokens::new(
+                keys.clone(),
+                config.public_url.clone(),
+                config.access_token_ttl,
+            ),
+            metrics: Metrics::default(),
+            keys,
+            store,
+            config,
+        };
+        Ok(App {
+            services: Arc::new(services),
+        })
+    }
+
+    /// The HTTP router.
+    pub fn router(&self) -> axum::Router {
+        crate::http::router(self.services.clone())
+    }
+
+    /// Serves on an already bound listener until `shutdown` resolves, then
+    /// finishes in-flight requests and closes the database.
+    pub async fn serve_on(
+        self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let router = self.router();
+        let maintenance = tokio::spawn(maintenance(self.services.clone()));
+        let served = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
+        maintenance.abort();
+        self.services.store.close().await;
+        served.map_err(|e| Error::internal(format!("server error: {e}")))
+    }
+
+    /// Binds the configured address and serves until SIGTERM or SIGINT.
+    pub async fn serve(self) -> Result<()> {
+        let addr = self.services.config.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::internal(format!("cannot listen on {addr}: {e}")))?;
+        tracing::info!(%addr, public_url = %self.services.config.public_url, "licensegate is listening");
+        self.serve_on(listener, shutdown_signal()).await?;
+        tracing::info!("licensegate stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}
+
+/// Periodic housekeeping: forget client-assertion ids that can no longer be replayed.
+async fn maintenance(services: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let now = crate::store::now().unix_timestamp();
+        if let Err(e) = services.store.prune_assertions(now).await {
+            tracing::warn!(error = %e, "pruning used assertions failed");
+        }
+    }
+}

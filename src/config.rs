@@ -1,0 +1,242 @@
+//! Settings from (lowest to highest precedence) built-in defaults, a TOML file,
+//! `LICENSEGATE_*` environment variables and command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Settings as given by one source; `None` means "not set here".
+#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "LICENSEGATE_LISTEN", global = true)]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the embedded database, keys and demo credentials [default: ./data].
+    #[arg(long, env = "LICENSEGATE_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL: `sqlite://FILE` or `postgres://…` [default: SQLite file in the data directory].
+    #[arg(long, env = "LICENSEGATE_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+    /// Public base URL of this broker; the OAuth `iss` of its tokens [default: http://LISTEN].
+    #[arg(long, env = "LICENSEGATE_PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+    /// Base64 of the 32-byte master key that encrypts data at rest. When unset, a key is
+    /// generated in DATA_DIR/master.key (mode 0600) on first run.
+    #[arg(
+        long,
+        env = "LICENSEGATE_MASTER_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub master_key: Option<String>,
+    /// Log format.
+    #[arg(long, env = "LICENSEGATE_LOG_FORMAT", global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Lifetime of access tokens, in seconds [default: 300].
+    #[arg(long, env = "LICENSEGATE_ACCESS_TOKEN_TTL", global = true)]
+    pub access_token_ttl: Option<u64>,
+    /// Largest accepted request body, in bytes [default: 1048576].
+    #[arg(long, env = "LICENSEGATE_MAX_BODY_BYTES", global = true)]
+    pub max_body_bytes: Option<usize>,
+    /// Largest accepted bulk-import body, in bytes [default: 33554432].
+    #[arg(long, env = "LICENSEGATE_MAX_IMPORT_BYTES", global = true)]
+    pub max_import_bytes: Option<usize>,
+    /// Requests taking longer than this many seconds are cut off with 408 [default: 30].
+    #[arg(long, env = "LICENSEGATE_REQUEST_TIMEOUT", global = true)]
+    pub request_timeout: Option<u64>,
+    /// Largest number of database connections [default: 16].
+    #[arg(long, env = "LICENSEGATE_DB_MAX_CONNECTIONS", global = true)]
+    pub db_max_connections: Option<u32>,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Database URL (secrets redacted when logged).
+    #[serde(serialize_with = "serialize_redacted_url")]
+    pub database_url: String,
+    /// Public base URL, without a trailing slash.
+    pub public_url: String,
+    /// Master key, base64 (never logged).
+    #[serde(serialize_with = "serialize_secret")]
+    pub master_key: Option<String>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Access-token lifetime in seconds.
+    pub access_token_ttl: u64,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Largest bulk-import body.
+    pub max_import_bytes: usize,
+    /// Request timeout in seconds.
+    pub request_timeout: u64,
+    /// Database pool size.
+    pub db_max_connections: u32,
+}
+
+impl Config {
+    /// Merges settings: `over` (flags and environment) wins over `file`, which wins over defaults.
+    pub fn resolve(over: Settings, file: Settings) -> Result<Self> {
+        let listen = over
+            .listen
+            .or(file.listen)
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let data_dir = over
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("data"));
+        let database_url = over.database_url.or(file.database_url).unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                data_dir.join("licensegate.db").display()
+            )
+        });
+        let public_url = over
+            .public_url
+            .or(file.public_url)
+            .unwrap_or_else(|| format!("http://{listen}"))
+            .trim_end_matches('/')
+            .to_owned();
+        if !(public_url.starts_with("https://") || public_url.starts_with("http://")) {
+            return Err(Error::BadRequest(format!(
+                "public_url must be an http(s) URL, got {public_url:?}"
+            )));
+        }
+        Ok(Config {
+            listen,
+            data_dir,
+            database_url,
+            public_url,
+            master_key: over.master_key.or(file.master_key),
+            log_format: over.log_format.or(file.log_format).unwrap_or_default(),
+            access_token_ttl: over
+                .access_token_ttl
+                .or(file.access_token_ttl)
+                .unwrap_or(300)
+                .clamp(10, 3600),
+            max_body_bytes: over
+                .max_body_bytes
+                .or(file.max_body_bytes)
+                .unwrap_or(1 << 20),
+            max_import_bytes: over
+                .max_import_bytes
+                .or(file.max_import_bytes)
+                .unwrap_or(32 << 20),
+            request_timeout: over.request_timeout.or(file.request_timeout).unwrap_or(30),
+            db_max_connections: over
+                .db_max_connections
+                .or(file.db_max_connections)
+                .unwrap_or(16)
+                .max(2),
+        })
+    }
+
+    /// Reads a TOML settings file.
+    pub fn read_file(path: &Path) -> Result<Settings> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::BadRequest(format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text)
+            .map_err(|e| Error::BadRequest(format!("invalid config {}: {e}", path.display())))
+    }
+
+    /// True when the database is PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://")
+    }
+}
+
+fn serialize_secret<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("[redacted]"),
+        None => s.serialize_none(),
+    }
+}
+
+fn serialize_redacted_url<S: serde::Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url(v))
+}
+
+/// Replaces the password of `scheme://user:password@host/…` with `[redacted]`,
+/// and the value of a `password=` query parameter.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let rest_start = scheme_end + 3;
+        let authority_end = out[rest_start..]
+            .find('/')
+            .map_or(out.len(), |i| rest_start + i);
+        if let Some(at) = out[rest_start..authority_end].rfind('@') {
+            let userinfo = &out[rest_start..rest_start + at];
+            if let Some(colon) = userinfo.find(':') {
+                out.replace_range(rest_start + colon + 1..rest_start + at, "[redacted]");
+            }
+        }
+    }
+    if let Some(p) = out.find("password=") {
+        let start = p + "password=".len();
+        let end = out[start..].find('&').map_or(out.len(), |i| start + i);
+        out.replace_range(start..end, "[redacted]");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("postgres://lg:s3cret@db:5432/lg"),
+            "postgres://lg:[redacted]@db:5432/lg"
+        );
+        assert_eq!(
+            redact_url("postgres://db/lg?user=a&password=x&sslmode=require"),
+            "postgres://db/lg?user=a&password=[redacted]&sslmode=require"
+        );
+        assert_eq!(redact_url("sqlite://data/x.db"), "sqlite://data/x.db");
+    }
+
+    #[test]
+    fn flags_win_over_file() {
+        let file = Settings {
+            access_token_ttl: Some(120),
+            listen: Some("127.0.0.1:9000".parse().unwrap()),
+            ..Default::default()
+        };
+        let over = Settings {
+            listen: Some("127.0.0.1:9001".parse().unwrap()),
+            ..Default::default()
+        };
+        let c = Config::resolve(over, file).unwrap();
+        assert_eq!(c.listen.port(), 9001);
+        assert_eq!(c.access_token_ttl, 120);
+        assert_eq!(c.public_url, "http://127.0.0.1:9001");
+        let logged = serde_json::to_string(&Config {
+            master_key: Some("topsecret".into()),
+            ..c
+        })
+        .unwrap();
+        assert!(!logged.contains("topsecret"));
+    }
+}

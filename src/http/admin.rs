@@ -1,0 +1,90 @@
+//! Operator API: issuing units, the catalog and OAuth clients.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::auth::{Bearer, Operator};
+use super::ApiJson;
+use crate::app::AppState;
+use crate::error::{Problem, Result};
+use crate::licenses::catalog::{LicenseType, LicenseTypeSpec};
+use crate::licenses::Issuer;
+use crate::oauth::client_auth::{CreatedClient, NewClient};
+use crate::oauth::scope;
+
+/// Routes of this module.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_issuer))
+        .routes(routes!(create_type))
+        .routes(routes!(update_type))
+        .routes(routes!(create_client))
+}
+
+/// Registers an issuing unit and generates its signing key.
+#[utoipa::path(post, path = "/admin/v1/issuers", tag = "admin", request_body = Issuer,
+    responses((status = 201, description = "Registered", body = Issuer),
+              (status = 409, description = "Already registered", body = Problem),
+              (status = 422, description = "Invalid", body = Problem)),
+    security(("bearer" = ["catalog:write"])))]
+async fn create_issuer(
+    State(state): State<AppState>,
+    _op: Operator,
+    ApiJson(issuer): ApiJson<Issuer>,
+) -> Result<(StatusCode, Json<Issuer>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(state.library.create_issuer(issuer).await?),
+    ))
+}
+
+/// Adds a license type to the catalog.
+#[utoipa::path(post, path = "/admin/v1/license-types", tag = "admin", request_body = LicenseTypeSpec,
+    responses((status = 201, description = "Created", body = LicenseType),
+              (status = 409, description = "Code already used", body = Problem),
+              (status = 422, description = "Invalid definition", body = Problem)),
+    security(("bearer" = ["catalog:write"])))]
+async fn create_type(
+    State(state): State<AppState>,
+    _op: Operator,
+    ApiJson(spec): ApiJson<LicenseTypeSpec>,
+) -> Result<(StatusCode, Json<LicenseType>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(state.library.create_type(spec).await?),
+    ))
+}
+
+/// Replaces a license type's definition.
+#[utoipa::path(put, path = "/admin/v1/license-types/{code}", tag = "admin", request_body = LicenseTypeSpec,
+    params(("code" = String, Path, description = "Catalog code")),
+    responses((status = 200, description = "Updated", body = LicenseType),
+              (status = 404, description = "No such type", body = Problem),
+              (status = 409, description = "Conflicting change", body = Problem),
+              (status = 422, description = "Invalid definition", body = Problem)),
+    security(("bearer" = ["catalog:write"])))]
+async fn update_type(
+    State(state): State<AppState>,
+    _op: Operator,
+    Path(code): Path<String>,
+    ApiJson(spec): ApiJson<LicenseTypeSpec>,
+) -> Result<Json<LicenseType>> {
+    Ok(Json(state.library.update_type(&code, spec).await?))
+}
+
+/// Registers an OAuth client; the secret is shown only in this response.
+#[utoipa::path(post, path = "/admin/v1/clients", tag = "admin", request_body = NewClient,
+    responses((status = 201, description = "Registered", body = CreatedClient),
+              (status = 422, description = "Invalid", body = Problem)),
+    security(("bearer" = ["clients:write"])))]
+async fn create_client(
+    State(state): State<AppState>,
+    bearer: Bearer,
+    ApiJson(req): ApiJson<NewClient>,
+) -> Result<(StatusCode, Json<CreatedClient>)> {
+    bearer.require(scope::CLIENTS_WRITE)?;
+    Ok((StatusCode::CREATED, Json(state.clients.create(req).await?)))
+}

@@ -1,0 +1,118 @@
+//! OAuth endpoints: token (RFC 6749 §3.2), JWKS and server metadata (RFC 8414).
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::AppState;
+use crate::error::Result;
+use crate::keys::BROKER;
+use crate::oauth::tokens::{parse_form, token_request, TokenResponse};
+use crate::oauth::{OAuthError, OAuthErrorBody, OAuthErrorCode};
+
+/// Routes of this module.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(token))
+        .routes(routes!(jwks))
+        .routes(routes!(metadata))
+}
+
+/// Form parameters of a token request (documentation only).
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)] // parsed by hand to detect repeated parameters
+struct TokenForm {
+    /// `client_credentials`.
+    grant_type: String,
+    /// Space-separated scopes; all the client may have when omitted.
+    scope: Option<String>,
+    /// `urn:ietf:params:oauth:client-assertion-type:jwt-bearer` for private_key_jwt.
+    client_assertion_type: Option<String>,
+    /// The signed client assertion (private_key_jwt).
+    client_assertion: Option<String>,
+    /// Optional; must match the authenticated client.
+    client_id: Option<String>,
+}
+
+/// Token endpoint.
+///
+/// Clients authenticate with `client_secret_basic` (HTTP Basic) or
+/// `private_key_jwt` (RFC 7523 assertion, `aud` = the issuer). Errors are
+/// RFC 6749 §5.2 bodies.
+#[utoipa::path(
+    post, path = "/token", tag = "oauth",
+    request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Token issued", body = TokenResponse),
+        (status = 400, description = "Invalid request", body = OAuthErrorBody),
+        (status = 401, description = "Client authentication failed", body = OAuthErrorBody),
+    ),
+    security((), ("client_secret_basic" = []))
+)]
+async fn token(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    let result = async {
+        if !is_form {
+            return Err(OAuthError::new(
+                OAuthErrorCode::InvalidRequest,
+                "the token request must be application/x-www-form-urlencoded",
+            ));
+        }
+        let params = parse_form(&body)?;
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        token_request(&state.clients, &state.tokens, authorization, &params).await
+    }
+    .await;
+    match result {
+        Ok(t) => {
+            let mut res = Json(t).into_response();
+            res.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            res.headers_mut()
+                .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+            res
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The broker's public signing keys (JWKS), including retired ones.
+#[utoipa::path(get, path = "/jwks.json", tag = "oauth", responses((status = 200, description = "JWK set", body = Object)))]
+async fn jwks(State(state): State<AppState>) -> Result<Json<Value>> {
+    Ok(Json(state.keys.jwks(BROKER).await?))
+}
+
+/// Authorization server metadata (RFC 8414).
+#[utoipa::path(
+    get, path = "/.well-known/oauth-authorization-server", tag = "oauth",
+    responses((status = 200, description = "Server metadata", body = Object))
+)]
+async fn metadata(State(state): State<AppState>) -> Json<Value> {
+    let base = &state.config.public_url;
+    Json(json!({
+        "issuer": base,
+        "token_endpoint": format!("{base}/token"),
+        "jwks_uri": format!("{base}/jwks.json"),
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
+        "token_endpoint_auth_signing_alg_values_supported": ["ES256", "PS256", "EdDSA"],
+        "scopes_supported": ["catalog:write", "clients:write", "licenses:write", "audit:read"],
+        "service_documentation": format!("{base}/openapi.json"),
+    }))
+}

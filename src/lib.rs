@@ -1,0 +1,27 @@
+//! licensegate: a trusted authorization access system for electronic licenses.
+//!
+//! The library builds the whole application (configuration → store → services →
+//! router); `main.rs` only parses the command line and calls into it.
+#![forbid(unsafe_code)]
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::todo,
+    clippy::await_holding_lock
+)]
+
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod http;
+pub mod keys;
+pub mod licenses;
+pub mod oauth;
+pub mod store;
+pub mod telemetry;
+
+pub use app::{App, Services};
+pub use config::Config;
+pub use error::{Error, Result};

@@ -1,0 +1,370 @@
+//! OAuth clients: registration and client authentication at the token
+//! endpoint, with `client_secret_basic` (RFC 6749 §2.3.1) and
+//! `private_key_jwt` (RFC 7523, OpenID Connect Core §9).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::{Client, ClientStatus, OAuthError, OAuthErrorCode, Role};
+use crate::error::{Error, Result};
+use crate::keys::{constant_time_eq, random_token, Sealer};
+use crate::store::{now, timestamp, Store};
+
+/// `client_assertion_type` of a JWT client assertion.
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// Largest accepted clock skew, seconds.
+pub const CLOCK_SKEW: u64 = 10;
+
+/// A client to register.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewClient {
+    /// Display name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// For issuers: the unified social credit code of the issuing unit.
+    #[serde(default)]
+    pub issuer_id: Option<String>,
+    /// Public keys for `private_key_jwt`; when given no secret is issued.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub jwks: Option<Value>,
+}
+
+/// A registered client, with its secret shown this once.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CreatedClient {
+    /// client_id.
+    pub client_id: String,
+    /// The client secret (only for `client_secret_basic`); not retrievable later.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+    /// Role.
+    pub role: Role,
+    /// Issuing unit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer_id: Option<String>,
+    /// `client_secret_basic` or `private_key_jwt`.
+    pub token_endpoint_auth_method: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct AssertionClaims {
+    jti: Option<String>,
+    exp: i64,
+}
+
+/// Registers and authenticates clients.
+pub struct Clients {
+    store: Store,
+    sealer: Arc<Sealer>,
+    audiences: [String; 2],
+}
+
+impl Clients {
+    /// Clients of the broker at `public_url`.
+    pub fn new(store: Store, sealer: Arc<Sealer>, public_url: &str) -> Self {
+        Clients {
+            store,
+            sealer,
+            audiences: [public_url.to_owned(), format!("{public_url}/token")],
+        }
+    }
+
+    /// Registers a client. Issuers must name an existing issuing unit.
+    pub async fn create(&self, req: NewClient) -> Result<CreatedClient> {
+        if req.name.trim().is_empty() || req.name.chars().count() > 200 {
+            return Err(Error::invalid_field("name", "must be 1-200 characters"));
+        }
+        match (req.role, &req.issuer_id) {
+            (Role::Issuer, None) => {
+                return Err(Error::invalid_field(
+                    "issuer_id",
+                    "an issuer client needs its issuing unit",
+                ))
+            }
+            (Role::Issuer, Some(id)) if self.store.issuer(id).await?.is_none() => {
+                return Err(Error::invalid_field(
+                    "issuer_id",
+                    format!("no issuing unit {id}"),
+                ))
+            }
+            (Role::Issuer, Some(_)) => {}
+            (_, Some(_)) => {
+                return Err(Error::invalid_field(
+                    "issuer_id",
+                    "only issuer clients have an issuing unit",
+                ))
+            }
+            (_, None) => {}
+        }
+        let jwks = req.jwks.as_ref().map(validate_jwks).transpose()?;
+        let prefix = match req.role {
+            Role::Operator => "op",
+            Role::Issuer => "iss",
+            Role::Entity => "ent",
+            Role::Regulator => "reg",
+        };
+        let client_id = format!("{prefix}_{}", random_token(12)?);
+        let secret = match jwks {
+            Some(_) => None,
+            None => Some(format!("lgs_{}", random_token(32)?)),
+        };
+        let client = Client {
+            client_id: client_id.clone(),
+            name: req.name.trim().to_owned(),
+            role: req.role,
+            issuer_id: req.issuer_id.clone(),
+            secret_digest: secret.as_deref().map(|s| self.sealer.secret_digest(s)),
+            jwks,
+            status: ClientStatus::Active,
+        };
+        self.store.insert_client(&client, &timestamp(now())).await?;
+        Ok(CreatedClient {
+            client_id,
+            token_endpoint_auth_method: if secret.is_some() {
+                "client_secret_basic"
+            } else {
+                "private_key_jwt"
+            }
+            .into(),
+            client_secret: secret,
+            role: req.role,
+            issuer_id: req.issuer_id,
+        })
+    }
+
+    /// A client by id.
+    pub async fn get(&self, client_id: &str) -> Result<Option<Client>> {
+        self.store.client(client_id).await
+    }
+
+    /// Authenticates the client of a token request, by exactly one method.
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        params: &HashMap<String, String>,
+    ) -> Result<Client, OAuthError> {
+        let basic = authorization
+            .map(|h| h.trim())
+            .filter(|h| h.len() > 6 && h[..6].eq_ignore_ascii_case("basic "));
+        let assertion = params.get("client_assertion");
+        if params.contains_key("client_secret") {
+            return Err(OAuthError::new(
+                OAuthErrorCode::InvalidClient,
+                "client_secret_post is not supported; use client_secret_basic or private_key_jwt",
+            ));
+        }
+        match (basic, assertion) {
+            (Some(_), Some(_)) => Err(OAuthError::new(
+                OAuthErrorCode::InvalidRequest,
+                "use one client authentication method, not several",
+            )),
+            (Some(h), None) => self
+                .authenticate_basic(&h[6..], params)
+                .await
+                .map_err(|mut e| {
+                    e.basic_challenge = true;
+                    e
+                }),
+            (None, Some(jwt)) => self.authenticate_assertion(jwt, params).await,
+            (None, None) => {
+                let mut e = OAuthError::new(
+                    OAuthErrorCode::InvalidClient,
+                    "client authentication is required",
+                );
+                e.basic_challenge = true;
+                Err(e)
+            }
+        }
+    }
+
+    async fn authenticate_basic(
+        &self,
+        encoded: &str,
+        params: &HashMap<String, String>,
+    ) -> Result<Client, OAuthError> {
+        let invalid = || {
+            OAuthError::new(
+                OAuthErrorCode::InvalidClient,
+                "client authentication failed",
+            )
+        };
+        let decoded = STANDARD.decode(encoded.trim()).map_err(|_| {
+            OAuthError::new(
+                OAuthErrorCode::InvalidRequest,
+                "malformed Basic credentials",
+            )
+        })?;
+        let decoded = String::from_utf8(decoded).map_err(|_| {
+            OAuthError::new(
+                OAuthErrorCode::InvalidRequest,
+                "malformed Basic credentials",
+            )
+        })?;
+        let (id, secret) = decoded.split_once(':').ok_or_else(|| {
+            OAuthError::new(
+                OAuthErrorCode::InvalidRequest,
+                "malformed Basic credentials",
+            )
+        })?;
+        // RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
+        let id = url_decode(id);
+        let secret = url_decode(secret);
+        if params.get("client_id").is_some_and(|p| *p != id) {
+            return Err(OAuthError::new(
+                OAuthErrorCode::InvalidRequest,
+                "client_id does not match the credentials",
+            ));
+        }
+        let digest = self.sealer.secret_digest(&secret);
+        let client = self.store.client(&id).await?;
+        match client {
+            Some(c)
+                if c.secret_digest
+                    .as_deref()
+                    .is_some_and(|d| constant_time_eq(d, &digest)) =>
+            {
+                Ok(c)
+            }
+            _ => Err(invalid()),
+        }
+    }
+
+    async fn authenticate_assertion(
+        &self,
+        jwt: &str,
+        params: &HashMap<String, String>,
+    ) -> Result<Client, OAuthError> {
+        let invalid = |why: &str| {
+            OAuthError::new(
+                OAuthErrorCode::InvalidClient,
+                format!("client assertion refused: {why}"),
+            )
+        };
+        if params.get("client_assertion_type").map(String::as_str) != Some(JWT_BEARER) {
+            return Err(OAuthError::new(
+                OAuthErrorCode::InvalidRequest,
+                format!("client_assertion_type must be {JWT_BEARER}"),
+            ));
+        }
+        let header = jsonwebtoken::decode_header(jwt).map_err(|_| invalid("malformed JWT"))?;
+        if !matches!(
+            header.alg,
+            Algorithm::ES256 | Algorithm::PS256 | Algorithm::EdDSA
+        ) {
+            return Err(invalid("alg must be ES256, PS256 or EdDSA"));
+        }
+        // The client is named by the unverified `sub`; nothing is trusted until
+        // the signature checks out against that client's registered keys.
+        let client_id = unverified_subject(jwt).ok_or_else(|| invalid("no sub"))?;
+        if params.get("client_id").is_some_and(|p| *p != client_id) {
+            return Err(OAuthError::new(
+                OAuthErrorCode::InvalidRequest,
+                "client_id does not match the assertion",
+            ));
+        }
+        let client = self
+            .store
+            .client(&client_id)
+            .await?
+            .ok_or_else(|| invalid("unknown client"))?;
+        let jwks: JwkSet = client
+            .jwks
+            .as_deref()
+            .and_then(|j| serde_json::from_str(j).ok())
+            .ok_or_else(|| invalid("the client has no registered keys"))?;
+        let jwk = match &header.kid {
+            Some(kid) => jwks.find(kid),
+            None if jwks.keys.len() == 1 => jwks.keys.first(),
+            None => None,
+        }
+        .ok_or_else(|| invalid("no registered key matches the kid"))?;
+        let key = DecodingKey::from_jwk(jwk).map_err(|_| invalid("registered key is unusable"))?;
+        let mut v = Validation::new(header.alg);
+        v.leeway = CLOCK_SKEW;
+        v.validate_nbf = true;
+        v.set_audience(&self.audiences);
+        v.set_issuer(&[&client_id]);
+        v.sub = Some(client_id.clone());
+        v.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+        let claims = jsonwebtoken::decode::<AssertionClaims>(jwt, &key, &v)
+            .map_err(|e| invalid(&e.to_string()))?
+            .claims;
+        let jti = claims
+            .jti
+            .filter(|j| !j.is_empty() && j.len() <= 256)
+            .ok_or_else(|| invalid("jti is required"))?;
+        let now = now().unix_timestamp();
+        if claims.exp > now + 3600 {
+            return Err(invalid("exp is more than an hour away"));
+        }
+        if !self
+            .store
+            .record_assertion(
+                &format!("{client_id}:{jti}"),
+                &client_id,
+                claims.exp + CLOCK_SKEW as i64,
+            )
+            .await?
+        {
+            return Err(invalid("this assertion was already used"));
+        }
+        Ok(client)
+    }
+}
+
+fn url_decode(s: &str) -> String {
+    form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+fn unverified_subject(jwt: &str) -> Option<String> {
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("sub")?.as_str().map(str::to_owned)
+}
+
+/// Checks a JWKS for `private_key_jwt`: asymmetric public keys only.
+fn validate_jwks(v: &Value) -> Result<String> {
+    let set: JwkSet = serde_json::from_value(v.clone())
+        .map_err(|e| Error::invalid_field("jwks", format!("not a JWK set: {e}")))?;
+    if set.keys.is_empty() {
+        return Err(Error::invalid_field("jwks", "must hold at least one key"));
+    }
+    for (i, key) in v["keys"].as_array().into_iter().flatten().enumerate() {
+        if ["d", "p", "q", "dp", "dq", "qi", "k"]
+            .iter()
+            .any(|m| key.get(m).is_some())
+        {
+            return Err(Error::invalid_field(
+                format!("jwks.keys[{i}]"),
+                "holds private key material",
+            ));
+        }
+    }
+    if set
+        .keys
+        .iter()
+        .any(|k| matches!(k.algorithm, AlgorithmParameters::OctetKey(_)))
+    {
+        return Err(Error::invalid_field(
+            "jwks",
+            "symmetric keys are not accepted",
+        ));
+    }
+    Ok(v.to_string())
+}

@@ -1,0 +1,243 @@
+//! The authorization server: clients, client authentication, the token
+//! endpoint and JWT access tokens (RFC 9068).
+//!
+//! This issue builds the `client_credentials` grant that issuing units and
+//! operators use. oxide-auth is not used for it: its `Issuer` trait produces
+//! opaque tokens from a synchronous, in-memory grant and it has no client
+//! assertion (RFC 7523) support, so the whole grant would have been adapters
+//! around nothing; the later authorization-code flow is where it fits.
+
+pub mod client_auth;
+pub mod tokens;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::{Error, Result};
+
+pub use tokens::{AccessClaims, AccessTokens};
+
+/// What a client is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Runs the broker (大数据中心): catalog, issuers, clients.
+    Operator,
+    /// An issuing unit (发证单位).
+    Issuer,
+    /// A social entity that uses licenses (社会化用证主体).
+    Entity,
+    /// Reviews access (综合管理部门).
+    Regulator,
+}
+
+impl Role {
+    /// Database spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Operator => "operator",
+            Role::Issuer => "issuer",
+            Role::Entity => "entity",
+            Role::Regulator => "regulator",
+        }
+    }
+
+    /// Parses the database spelling.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "operator" => Ok(Role::Operator),
+            "issuer" => Ok(Role::Issuer),
+            "entity" => Ok(Role::Entity),
+            "regulator" => Ok(Role::Regulator),
+            other => Err(Error::internal(format!("unknown role {other:?}"))),
+        }
+    }
+
+    /// Scopes a client of this role may hold through `client_credentials`.
+    pub fn scopes(self) -> &'static [&'static str] {
+        match self {
+            Role::Operator => &[scope::CATALOG_WRITE, scope::CLIENTS_WRITE],
+            Role::Issuer => &[scope::LICENSES_WRITE],
+            Role::Regulator => &[scope::AUDIT_READ],
+            // Entities act for holders and get tokens through consent, not on their own.
+            Role::Entity => &[],
+        }
+    }
+}
+
+/// Scope names.
+pub mod scope {
+    /// Manage the catalog and issuing units.
+    pub const CATALOG_WRITE: &str = "catalog:write";
+    /// Manage OAuth clients.
+    pub const CLIENTS_WRITE: &str = "clients:write";
+    /// Publish and manage one's own licenses (issuing units).
+    pub const LICENSES_WRITE: &str = "licenses:write";
+    /// Read the audit log (regulators).
+    pub const AUDIT_READ: &str = "audit:read";
+}
+
+/// Whether a client may act.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientStatus {
+    /// May authenticate and use its tokens.
+    Active,
+    /// Refused everywhere.
+    Suspended,
+}
+
+impl ClientStatus {
+    /// Database spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientStatus::Active => "active",
+            ClientStatus::Suspended => "suspended",
+        }
+    }
+
+    /// Parses the database spelling.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "active" => Ok(ClientStatus::Active),
+            "suspended" => Ok(ClientStatus::Suspended),
+            other => Err(Error::internal(format!("unknown client status {other:?}"))),
+        }
+    }
+}
+
+/// A registered OAuth client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// client_id.
+    pub client_id: String,
+    /// Display name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// The issuing unit it acts for (issuers only).
+    pub issuer_id: Option<String>,
+    /// Keyed digest of its secret (client_secret_basic).
+    pub secret_digest: Option<Vec<u8>>,
+    /// Its public keys (private_key_jwt), a JWKS document.
+    pub jwks: Option<String>,
+    /// Status.
+    pub status: ClientStatus,
+}
+
+/// RFC 6749 §5.2 error codes (and RFC 6750 for bearer tokens).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OAuthErrorCode {
+    /// Malformed request.
+    InvalidRequest,
+    /// Client authentication failed.
+    InvalidClient,
+    /// The grant is invalid.
+    InvalidGrant,
+    /// The client may not use this grant type.
+    UnauthorizedClient,
+    /// Grant type not supported.
+    UnsupportedGrantType,
+    /// Scope not allowed.
+    InvalidScope,
+    /// The server failed.
+    ServerError,
+    /// The server is temporarily unavailable.
+    TemporarilyUnavailable,
+}
+
+impl OAuthErrorCode {
+    /// Wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidClient => "invalid_client",
+            Self::InvalidGrant => "invalid_grant",
+            Self::UnauthorizedClient => "unauthorized_client",
+            Self::UnsupportedGrantType => "unsupported_grant_type",
+            Self::InvalidScope => "invalid_scope",
+            Self::ServerError => "server_error",
+            Self::TemporarilyUnavailable => "temporarily_unavailable",
+        }
+    }
+}
+
+/// An OAuth error response (RFC 6749 §5.2).
+#[derive(Debug, Clone)]
+pub struct OAuthError {
+    /// Error code.
+    pub code: OAuthErrorCode,
+    /// Human-readable description.
+    pub description: String,
+    /// Whether the client tried HTTP Basic (then 401 carries a Basic challenge).
+    pub basic_challenge: bool,
+}
+
+impl OAuthError {
+    /// An error with a description.
+    pub fn new(code: OAuthErrorCode, description: impl Into<String>) -> Self {
+        OAuthError {
+            code,
+            description: description.into(),
+            basic_challenge: false,
+        }
+    }
+}
+
+impl From<Error> for OAuthError {
+    fn from(e: Error) -> Self {
+        let status = e.status();
+        if status.is_server_error() {
+            tracing::error!(error = %e, "token endpoint failure");
+        }
+        match status.as_u16() {
+            503 => OAuthError::new(
+                OAuthErrorCode::TemporarilyUnavailable,
+                "the service is unavailable; retry later",
+            ),
+            500..=599 => OAuthError::new(OAuthErrorCode::ServerError, "an internal error occurred"),
+            _ => OAuthError::new(OAuthErrorCode::InvalidRequest, e.to_string()),
+        }
+    }
+}
+
+/// RFC 6749 error body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OAuthErrorBody {
+    /// Error code.
+    pub error: String,
+    /// Description.
+    pub error_description: String,
+}
+
+impl axum::response::IntoResponse for OAuthError {
+    fn into_response(self) -> axum::response::Response {
+        use axum::http::{header, HeaderValue, StatusCode};
+        let status = match self.code {
+            OAuthErrorCode::InvalidClient => StatusCode::UNAUTHORIZED,
+            OAuthErrorCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+            OAuthErrorCode::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let body = OAuthErrorBody {
+            error: self.code.as_str().to_owned(),
+            error_description: self.description,
+        };
+        let mut res = (status, axum::Json(body)).into_response();
+        let h = res.headers_mut();
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        if status == StatusCode::UNAUTHORIZED {
+            let challenge = if self.basic_challenge {
+                "Basic realm=\"licensegate\""
+            } else {
+                "Bearer realm=\"licensegate\""
+            };
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+        res
+    }
+}

@@ -1,0 +1,214 @@
+//! JWT access tokens (RFC 9068) signed with the broker's key, and the
+//! `client_credentials` grant of the token endpoint.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::client_auth::Clients;
+use super::{Client, ClientStatus, OAuthError, OAuthErrorCode};
+use crate::error::{Error, Result};
+use crate::keys::{random_token, KeyRing, BROKER};
+use crate::store::now;
+
+/// Media type of access tokens (RFC 9068 §2.1).
+pub const AT_TYP: &str = "at+jwt";
+
+/// Claims of an access token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccessClaims {
+    /// The broker.
+    pub iss: String,
+    /// The client (client_credentials) or, later, the holder.
+    pub sub: String,
+    /// The resource server: this broker's API.
+    pub aud: String,
+    /// The client the token was issued to.
+    pub client_id: String,
+    /// Issued at (unix seconds).
+    pub iat: i64,
+    /// Expires at (unix seconds).
+    pub exp: i64,
+    /// Token id.
+    pub jti: String,
+    /// Space-separated scopes.
+    pub scope: String,
+    /// The issuing unit an issuer client acts for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuing_unit: Option<String>,
+}
+
+impl AccessClaims {
+    /// Whether the token carries `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scope.split(' ').any(|s| s == scope)
+    }
+}
+
+/// Issues and verifies access tokens.
+pub struct AccessTokens {
+    keys: Arc<KeyRing>,
+    issuer: String,
+    ttl: i64,
+}
+
+impl AccessTokens {
+    /// Tokens with issuer `issuer` (the public URL) lasting `ttl` seconds.
+    pub fn new(keys: Arc<KeyRing>, issuer: String, ttl: u64) -> Self {
+        AccessTokens {
+            keys,
+            issuer,
+            ttl: i64::try_from(ttl).unwrap_or(300),
+        }
+    }
+
+    /// Signs a token for `client` with `scope`.
+    pub async fn issue(&self, client: &Client, scope: String) -> Result<(String, AccessClaims)> {
+        let key = self.keys.active(BROKER).await?;
+        let iat = now().unix_timestamp();
+        let claims = AccessClaims {
+            iss: self.issuer.clone(),
+            sub: client.client_id.clone(),
+            aud: self.issuer.clone(),
+            client_id: client.client_id.clone(),
+            iat,
+            exp: iat + self.ttl,
+            jti: random_token(16)?,
+            scope,
+            issuing_unit: client.issuer_id.clone(),
+        };
+        Ok((key.sign_jws(AT_TYP, &claims)?, claims))
+    }
+
+    /// Verifies a bearer token: signature by a broker key, `typ`, issuer,
+    /// audience and expiry (10 s leeway).
+    pub async fn verify(&self, token: &str) -> Result<AccessClaims> {
+        let bad = |why: &str| Error::Unauthorized(format!("the access token is not valid: {why}"));
+        let header = jsonwebtoken::decode_header(token).map_err(|_| bad("malformed"))?;
+        if header.alg != Algorithm::EdDSA
+            || !header
+                .typ
+                .as_deref()
+                .is_some_and(|t| t.eq_ignore_ascii_case(AT_TYP))
+        {
+            return Err(bad("not an access token of this server"));
+        }
+        let kid = header.kid.ok_or_else(|| bad("no key id"))?;
+        let public = self
+            .keys
+            .verifying_key(BROKER, &kid)
+            .await?
+            .ok_or_else(|| bad("unknown signing key"))?;
+        let mut v = Validation::new(Algorithm::EdDSA);
+        v.leeway = 10;
+        v.set_audience(&[&self.issuer]);
+        v.set_issuer(&[&self.issuer]);
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        jsonwebtoken::decode::<AccessClaims>(token, &DecodingKey::from_ed_der(&public), &v)
+            .map(|d| d.claims)
+            .map_err(|e| bad(&e.to_string()))
+    }
+}
+
+/// A successful token response (RFC 6749 §5.1).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenResponse {
+    /// The access token (a JWT, RFC 9068).
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Lifetime in seconds.
+    pub expires_in: i64,
+    /// Granted scopes.
+    pub scope: String,
+}
+
+/// Parses an `application/x-www-form-urlencoded` body; a parameter given
+/// twice is an error (RFC 6749 §3.2).
+pub fn parse_form(body: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
+    let mut params = HashMap::new();
+    for (k, v) in form_urlencoded::parse(body) {
+        if params.insert(k.to_string(), v.into_owned()).is_some() {
+            return Err(OAuthError::new(
+                OAuthErrorCode::InvalidRequest,
+                format!("parameter {k} is given more than once"),
+            ));
+        }
+    }
+    Ok(params)
+}
+
+/// The token endpoint: authenticates the client and runs the grant.
+pub async fn token_request(
+    clients: &Clients,
+    tokens: &AccessTokens,
+    authorization: Option<&str>,
+    params: &HashMap<String, String>,
+) -> Result<TokenResponse, OAuthError> {
+    let grant_type = params
+        .get("grant_type")
+        .ok_or_else(|| OAuthError::new(OAuthErrorCode::InvalidRequest, "grant_type is required"))?;
+    let client = clients.authenticate(authorization, params).await?;
+    if client.status != ClientStatus::Active {
+        return Err(OAuthError::new(
+            OAuthErrorCode::InvalidClient,
+            "the client is suspended",
+        ));
+    }
+    match grant_type.as_str() {
+        "client_credentials" => {}
+        "authorization_code" | "refresh_token" | "urn:openid:params:grant-type:ciba" => {
+            return Err(OAuthError::new(
+                OAuthErrorCode::UnsupportedGrantType,
+                format!("grant type {grant_type} is not enabled on this server"),
+            ))
+        }
+        other => {
+            return Err(OAuthError::new(
+                OAuthErrorCode::UnsupportedGrantType,
+                format!("grant type {other:?} is not supported"),
+            ))
+        }
+    }
+    let allowed = client.role.scopes();
+    if allowed.is_empty() {
+        return Err(OAuthError::new(
+            OAuthErrorCode::UnauthorizedClient,
+            "this client may not use client_credentials",
+        ));
+    }
+    let scope = match params.get("scope") {
+        None => allowed.join(" "),
+        Some(requested) => {
+            let mut granted: Vec<&str> = Vec::new();
+            for s in requested.split(' ').filter(|s| !s.is_empty()) {
+                if !allowed.contains(&s) {
+                    return Err(OAuthError::new(
+                        OAuthErrorCode::InvalidScope,
+                        format!("scope {s:?} is not allowed for this client"),
+                    ));
+                }
+                if !granted.contains(&s) {
+                    granted.push(s);
+                }
+            }
+            if granted.is_empty() {
+                return Err(OAuthError::new(
+                    OAuthErrorCode::InvalidScope,
+                    "scope is empty",
+                ));
+            }
+            granted.join(" ")
+        }
+    };
+    let (access_token, claims) = tokens.issue(&client, scope).await?;
+    Ok(TokenResponse {
+        access_token,
+        token_type: "Bearer",
+        expires_in: claims.exp - claims.iat,
+        scope: claims.scope,
+    })
+}

@@ -1,0 +1,190 @@
+//! Storage: the only module that writes SQL.
+//!
+//! Both backends are driven through sqlx's `Any` driver with `$N` placeholders,
+//! which SQLite and PostgreSQL both accept, so each query is written once; the
+//! schema differs only in type names and lives in `migrations/sqlite` and
+//! `migrations/postgres`.
+//!
+//! SQLite allows one writer at a time, and a deferred transaction that reads
+//! then writes can fail with SQLITE_BUSY when another writer got in between.
+//! So on SQLite writes go through a one-connection pool (writers queue in the
+//! pool instead of failing) and reads through a separate pool (WAL lets them
+//! run beside the writer). On PostgreSQL both are the same pool.
+
+pub mod catalog;
+pub mod clients;
+pub mod licenses;
+
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor};
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+use time::{Date, OffsetDateTime, UtcOffset};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+/// Which database backs the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite (WAL).
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// Connection pools to the database.
+#[derive(Clone)]
+pub struct Store {
+    read: AnyPool,
+    write: AnyPool,
+    backend: Backend,
+}
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+impl Store {
+    /// Connects to the configured database (creating the SQLite file and its
+    /// directory when needed). Does not run migrations.
+    pub async fn connect(config: &Config) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let acquire = Duration::from_secs(5);
+        if config.is_postgres() {
+            let pool = AnyPoolOptions::new()
+                .max_connections(config.db_max_connections)
+                .acquire_timeout(acquire)
+                .connect(&config.database_url)
+                .await
+                .map_err(|e| Error::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
+            return Ok(Store {
+                read: pool.clone(),
+                write: pool,
+                backend: Backend::Postgres,
+            });
+        }
+        if !config.database_url.starts_with("sqlite:") {
+            return Err(Error::BadRequest(format!(
+                "unsupported database URL {}: use sqlite://FILE or postgres://…",
+                crate::config::redact_url(&config.database_url)
+            )));
+        }
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            Error::internal(format!("cannot create {}: {e}", config.data_dir.display()))
+        })?;
+        let write = sqlite_pool(&config.database_url, 1, acquire).await?;
+        let read = sqlite_pool(
+            &config.database_url,
+            config.db_max_connections.min(8),
+            acquire,
+        )
+        .await?;
+        Ok(Store {
+            read,
+            write,
+            backend: Backend::Sqlite,
+        })
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<()> {
+        let migrator = match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator
+            .run(&self.write)
+            .await
+            .map_err(|e| Error::internal(format!("migration failed: {e}")))
+    }
+
+    /// Which backend this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Pool for reads.
+    pub fn reader(&self) -> &AnyPool {
+        &self.read
+    }
+
+    /// Pool for writes.
+    pub fn writer(&self) -> &AnyPool {
+        &self.write
+    }
+
+    /// True when the database answers.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.read).await.is_ok()
+    }
+
+    /// Closes the pools, waiting for connections in use.
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+}
+
+async fn sqlite_pool(url: &str, max: u32, acquire: Duration) -> Result<AnyPool> {
+    AnyPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(acquire)
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                // WAL: readers do not block the writer. synchronous=FULL: a
+                // committed transaction survives power loss. foreign_keys is off
+                // by default in SQLite.
+                conn.execute("PRAGMA journal_mode = WAL").await?;
+                conn.execute("PRAGMA synchronous = FULL").await?;
+                conn.execute("PRAGMA foreign_keys = ON").await?;
+                conn.execute("PRAGMA busy_timeout = 5000").await?;
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await
+        .map_err(|e| Error::Unavailable(format!("cannot open the SQLite database: {e}")))
+}
+
+/// Current time, UTC.
+pub fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+/// Fixed-width RFC 3339 UTC timestamp, so text order is time order.
+pub fn timestamp(t: OffsetDateTime) -> String {
+    let fmt =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
+    t.to_offset(UtcOffset::UTC)
+        .format(&fmt)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// Parses an RFC 3339 timestamp.
+pub fn parse_timestamp(s: &str) -> Result<OffsetDateTime> {
+    OffsetDateTime::parse(s, &Rfc3339)
+        .map_err(|_| Error::BadRequest(format!("not an RFC 3339 time: {s:?}")))
+}
+
+/// Formats a date as `YYYY-MM-DD`.
+pub fn date_string(d: Date) -> String {
+    let fmt = format_description!("[year]-[month]-[day]");
+    d.format(&fmt).unwrap_or_default()
+}
+
+/// Parses `YYYY-MM-DD`.
+pub fn parse_date(s: &str) -> Result<Date> {
+    let fmt = format_description!("[year]-[month]-[day]");
+    Date::parse(s, &fmt).map_err(|_| Error::BadRequest(format!("not a date YYYY-MM-DD: {s:?}")))
+}
+
+/// Reads a column, turning a decoding problem into an internal error.
+pub(crate) fn col<'r, T>(row: &'r AnyRow, name: &str) -> Result<T>
+where
+    T: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    use sqlx::Row;
+    row.try_get(name).map_err(Error::from)
+}
