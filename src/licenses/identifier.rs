@@ -206,28 +206,52 @@ mod tests {
     }
 
     #[test]
-    fn mod37_36_detects_single_errors_and_transpositions() {
+    fn mod37_36_matches_the_standard_and_detects_errors() {
+        // Same hybrid-system arithmetic with M = 10 is ISO 7064 MOD 11,10, whose
+        // published example (Croatian OIB 69435151530) ends in check digit 0.
+        fn mod11_10(digits: &[usize]) -> usize {
+            let mut p = 10;
+            for d in digits {
+                let mut s = (p + d) % 10;
+                if s == 0 {
+                    s = 10;
+                }
+                p = (s * 2) % 11;
+            }
+            (11 - p) % 10
+        }
+        assert_eq!(mod11_10(&[6, 9, 4, 3, 5, 1, 5, 1, 5, 3]), 0);
+
         let body = "12156300521110000000000120000012300000042001";
         let check = mod37_36(body).unwrap();
         let full = format!("{body}{check}");
         assert!(mod37_36_valid(&full));
         let bytes = full.as_bytes();
-        for i in 0..bytes.len() - 1 {
-            let mut b = bytes.to_vec();
-            b.swap(i, i + 1);
-            if b != bytes {
+        // Every single substitution is detected (a property of the hybrid systems)…
+        for i in 0..bytes.len() {
+            for c in ALNUM.iter().filter(|&&c| c != bytes[i]) {
+                let mut b = bytes.to_vec();
+                b[i] = *c;
                 assert!(
                     !mod37_36_valid(std::str::from_utf8(&b).unwrap()),
-                    "swap at {i}"
+                    "change at {i}"
                 );
             }
-            let mut b = bytes.to_vec();
-            b[i] = if b[i] == b'0' { b'1' } else { b'0' };
-            assert!(
-                !mod37_36_valid(std::str::from_utf8(&b).unwrap()),
-                "change at {i}"
-            );
         }
+        // …and nearly every adjacent transposition.
+        let (mut swaps, mut caught) = (0, 0);
+        for i in 0..bytes.len() - 1 {
+            if bytes[i] != bytes[i + 1] {
+                let mut b = bytes.to_vec();
+                b.swap(i, i + 1);
+                swaps += 1;
+                caught += usize::from(!mod37_36_valid(std::str::from_utf8(&b).unwrap()));
+            }
+        }
+        assert!(
+            caught * 10 >= swaps * 9,
+            "{caught}/{swaps} transpositions caught"
+        );
     }
 
     #[test]
