@@ -272,16 +272,16 @@ fn catalog(units: &[Issuer]) -> Result<Vec<LicenseTypeSpec>> {
     serde_json::from_value(specs).map_err(Error::internal)
 }
 
+/// A demo publication; `holder` is (kind, identifier, name), `validity` (from, until).
 fn publication(
     license_type: &str,
-    kind: &str,
-    id: &str,
-    name: &str,
+    holder: (&str, &str, &str),
     fields: Value,
-    from: String,
-    until: Option<String>,
+    validity: (String, Option<String>),
     source_ref: String,
 ) -> Result<PublishRequest> {
+    let (kind, id, name) = holder;
+    let (from, until) = validity;
     let Value::Object(fields) = fields else {
         return Err(Error::internal("demo fields must be an object"));
     };
@@ -333,12 +333,9 @@ fn publications() -> Result<Vec<(usize, PublishRequest)>> {
             0,
             publication(
                 "JMSFZ",
-                "person",
-                &id,
-                &name,
+                ("person", &id, &name),
                 fields,
-                from,
-                until,
+                (from, until),
                 format!("JMSFZ-{i:05}"),
             )?,
         ));
@@ -357,12 +354,9 @@ fn publications() -> Result<Vec<(usize, PublishRequest)>> {
                 0,
                 publication(
                     "JDCJSZ",
-                    "person",
-                    &id,
-                    &name,
+                    ("person", &id, &name),
                     fields,
-                    from,
-                    Some(until),
+                    (from, Some(until)),
                     format!("JDCJSZ-{i:05}"),
                 )?,
             ));
@@ -377,12 +371,9 @@ fn publications() -> Result<Vec<(usize, PublishRequest)>> {
                 2,
                 publication(
                     "YSZYZS",
-                    "person",
-                    &id,
-                    &name,
+                    ("person", &id, &name),
                     fields,
-                    format!("{}-03-01", 2010 + rng.below(14)),
-                    None,
+                    (format!("{}-03-01", 2010 + rng.below(14)), None),
                     format!("YSZYZS-{i:05}"),
                 )?,
             ));
@@ -423,12 +414,9 @@ fn publications() -> Result<Vec<(usize, PublishRequest)>> {
             1,
             publication(
                 "YYZZ",
-                "organisation",
-                &code,
-                &name,
+                ("organisation", &code, &name),
                 fields,
-                est.clone(),
-                None,
+                (est.clone(), None),
                 format!("YYZZ-{i:05}"),
             )?,
         ));
@@ -446,12 +434,9 @@ fn publications() -> Result<Vec<(usize, PublishRequest)>> {
                 1,
                 publication(
                     "SPJYXKZ",
-                    "organisation",
-                    &code,
-                    &name,
+                    ("organisation", &code, &name),
                     fields,
-                    from,
-                    Some(until),
+                    (from, Some(until)),
                     format!("SPJYXKZ-{i:05}"),
                 )?,
             ));
@@ -469,12 +454,9 @@ fn publications() -> Result<Vec<(usize, PublishRequest)>> {
                 3,
                 publication(
                     "DLYSJYXKZ",
-                    "organisation",
-                    &code,
-                    &name,
+                    ("organisation", &code, &name),
                     fields,
-                    from,
-                    Some(until),
+                    (from, Some(until)),
                     format!("DLYSJYXKZ-{i:05}"),
                 )?,
             ));

@@ -265,43 +265,6 @@ pub fn jwk_thumbprint(public_key: &[u8]) -> String {
     b64url(sha256(canonical))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn seal_round_trip_and_context_binding() {
-        let s = Sealer::new(&[7u8; 32]).unwrap();
-        let sealed = s.seal("row-1", b"hello").unwrap();
-        assert_eq!(s.open("row-1", &sealed).unwrap(), b"hello");
-        assert!(s.open("row-2", &sealed).is_err());
-        let mut tampered = sealed.clone();
-        let last = tampered.len() - 1;
-        tampered[last] ^= 1;
-        assert!(s.open("row-1", &tampered).is_err());
-    }
-
-    #[test]
-    fn signs_verifiable_jws() {
-        let (k, pkcs8) = SigningKey::generate().unwrap();
-        let again = SigningKey::from_pkcs8(&pkcs8).unwrap();
-        assert_eq!(k.kid(), again.kid());
-        let jws = k.sign_jws("JWT", &json!({"a": 1})).unwrap();
-        let (signed, sig) = jws.rsplit_once('.').unwrap();
-        let sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
-        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, k.public_key())
-            .verify(signed.as_bytes(), &sig)
-            .unwrap();
-    }
-
-    #[test]
-    fn constant_time_eq_works() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
-    }
-}
-
 /// Signing keys of the broker and of every issuing unit, kept in the database
 /// (private halves sealed with the master key) and cached once parsed.
 pub struct KeyRing {
@@ -419,5 +382,42 @@ impl KeyRing {
             .map(|k| serde_json::from_str(&k.public_jwk).map_err(Error::internal))
             .collect::<Result<Vec<serde_json::Value>>>()?;
         Ok(json!({ "keys": keys }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_round_trip_and_context_binding() {
+        let s = Sealer::new(&[7u8; 32]).unwrap();
+        let sealed = s.seal("row-1", b"hello").unwrap();
+        assert_eq!(s.open("row-1", &sealed).unwrap(), b"hello");
+        assert!(s.open("row-2", &sealed).is_err());
+        let mut tampered = sealed.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert!(s.open("row-1", &tampered).is_err());
+    }
+
+    #[test]
+    fn signs_verifiable_jws() {
+        let (k, pkcs8) = SigningKey::generate().unwrap();
+        let again = SigningKey::from_pkcs8(&pkcs8).unwrap();
+        assert_eq!(k.kid(), again.kid());
+        let jws = k.sign_jws("JWT", &json!({"a": 1})).unwrap();
+        let (signed, sig) = jws.rsplit_once('.').unwrap();
+        let sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, k.public_key())
+            .verify(signed.as_bytes(), &sig)
+            .unwrap();
+    }
+
+    #[test]
+    fn constant_time_eq_works() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

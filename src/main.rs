@@ -1,4 +1,12 @@
 //! The `licensegate` command line.
+#![forbid(unsafe_code)]
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::todo,
+    clippy::await_holding_lock
+)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

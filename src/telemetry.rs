@@ -19,9 +19,11 @@ use crate::config::LogFormat;
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
+    // Logs go to stderr so that command output on stdout (reports, credentials) stays clean.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_writer(std::io::stderr);
     // A second initialisation (tests start several apps) is harmless: keep the first.
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
