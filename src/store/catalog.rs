@@ -37,6 +37,21 @@ fn type_from_row(row: &AnyRow) -> Result<LicenseType> {
     })
 }
 
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// Binds $1-$8 of a license type statement: code, names, issuer, holder kind,
+/// level, fields and validity.
+fn bind_type<'q>(q: AnyQuery<'q>, spec: &'q LicenseTypeSpec) -> Result<AnyQuery<'q>> {
+    Ok(q.bind(&spec.code)
+        .bind(&spec.name)
+        .bind(&spec.name_en)
+        .bind(&spec.issuer)
+        .bind(spec.holder_kind.as_str())
+        .bind(spec.level.as_str())
+        .bind(serde_json::to_string(&spec.fields).map_err(Error::internal)?)
+        .bind(serde_json::to_string(&spec.validity).map_err(Error::internal)?))
+}
+
 impl Store {
     /// Inserts an issuing unit; a duplicate id is a unique violation.
     pub async fn insert_issuer(&self, issuer: &Issuer) -> Result<()> {
@@ -76,21 +91,11 @@ impl Store {
 
     /// Inserts a license type; a duplicate code is a unique violation.
     pub async fn insert_license_type(&self, spec: &LicenseTypeSpec, now: &str) -> Result<()> {
-        sqlx::query(
+        let q = sqlx::query(
             "INSERT INTO license_types (code, name, name_en, issuer_id, holder_kind, level, fields, validity, revision, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $9)",
-        )
-        .bind(&spec.code)
-        .bind(&spec.name)
-        .bind(&spec.name_en)
-        .bind(&spec.issuer)
-        .bind(spec.holder_kind.as_str())
-        .bind(spec.level.as_str())
-        .bind(serde_json::to_string(&spec.fields).map_err(Error::internal)?)
-        .bind(serde_json::to_string(&spec.validity).map_err(Error::internal)?)
-        .bind(now)
-        .execute(self.writer())
-        .await?;
+        );
+        bind_type(q, spec)?.bind(now).execute(self.writer()).await?;
         Ok(())
     }
 
@@ -102,23 +107,16 @@ impl Store {
         revision: i64,
         now: &str,
     ) -> Result<bool> {
-        let done = sqlx::query(
+        let q = sqlx::query(
             "UPDATE license_types SET name = $2, name_en = $3, issuer_id = $4, holder_kind = $5, level = $6,
                     fields = $7, validity = $8, revision = revision + 1, updated_at = $9
              WHERE code = $1 AND revision = $10",
-        )
-        .bind(&spec.code)
-        .bind(&spec.name)
-        .bind(&spec.name_en)
-        .bind(&spec.issuer)
-        .bind(spec.holder_kind.as_str())
-        .bind(spec.level.as_str())
-        .bind(serde_json::to_string(&spec.fields).map_err(Error::internal)?)
-        .bind(serde_json::to_string(&spec.validity).map_err(Error::internal)?)
-        .bind(now)
-        .bind(revision)
-        .execute(self.writer())
-        .await?;
+        );
+        let done = bind_type(q, spec)?
+            .bind(now)
+            .bind(revision)
+            .execute(self.writer())
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
