@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::audit::checkpoint::Checkpoints;
+use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::keys::{load_master_key, KeyRing, Sealer, BROKER};
@@ -24,6 +26,10 @@ pub struct Services {
     pub store: Store,
     /// Signing keys.
     pub keys: Arc<KeyRing>,
+    /// The audit log.
+    pub audit: Arc<AuditLog>,
+    /// Signed checkpoints and proofs over the audit log.
+    pub checkpoints: Checkpoints,
     /// The license library.
     pub library: Library,
     /// OAuth clients.
@@ -56,14 +62,18 @@ impl App {
         let keys = Arc::new(KeyRing::new(store.clone(), sealer.clone()));
         // Make sure the broker has a signing key before the first request.
         keys.active(BROKER).await?;
+        let audit = AuditLog::start(store.clone());
         let services = Services {
             library: Library::new(
                 store.clone(),
                 sealer.clone(),
                 keys.clone(),
+                audit.clone(),
                 config.public_url.clone(),
             ),
-            clients: Clients::new(store.clone(), sealer, &config.public_url),
+            clients: Clients::new(store.clone(), sealer, audit.clone(), &config.public_url),
+            checkpoints: Checkpoints::new(store.clone(), keys.clone(), config.public_url.clone()),
+            audit,
             tokens: AccessTokens::new(
                 keys.clone(),
                 config.public_url.clone(),
@@ -100,6 +110,10 @@ impl App {
         .with_graceful_shutdown(shutdown)
         .await;
         maintenance.abort();
+        // Sign what the last requests appended, so the whole log is covered.
+        if let Err(e) = self.services.checkpoints.create().await {
+            tracing::warn!(error = %e, "final audit checkpoint failed");
+        }
         self.services.store.close().await;
         served.map_err(|e| Error::internal(format!("server error: {e}")))
     }
@@ -139,14 +153,22 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown requested; finishing in-flight requests");
 }
 
-/// Periodic housekeeping: forget client-assertion ids that can no longer be replayed.
+/// Periodic housekeeping: sign audit checkpoints, and forget client-assertion
+/// ids that can no longer be replayed.
 async fn maintenance(services: AppState) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    let mut tick = tokio::time::interval(Duration::from_secs(services.config.checkpoint_interval));
+    let mut rounds: u64 = 0;
     loop {
         tick.tick().await;
-        let now = crate::store::now().unix_timestamp();
-        if let Err(e) = services.store.prune_assertions(now).await {
-            tracing::warn!(error = %e, "pruning used assertions failed");
+        if let Err(e) = services.checkpoints.create().await {
+            tracing::warn!(error = %e, "signing an audit checkpoint failed");
+        }
+        rounds += 1;
+        if rounds % 6 == 0 {
+            let now = crate::store::now().unix_timestamp();
+            if let Err(e) = services.store.prune_assertions(now).await {
+                tracing::warn!(error = %e, "pruning used assertions failed");
+            }
         }
     }
 }

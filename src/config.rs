@@ -59,6 +59,9 @@ pub struct Settings {
     /// Requests taking longer than this many seconds are cut off with 408 [default: 30].
     #[arg(long, env = "LICENSEGATE_REQUEST_TIMEOUT", global = true)]
     pub request_timeout: Option<u64>,
+    /// Seconds between signed audit checkpoints [default: 10].
+    #[arg(long, env = "LICENSEGATE_CHECKPOINT_INTERVAL", global = true)]
+    pub checkpoint_interval: Option<u64>,
     /// Largest number of database connections [default: 16].
     #[arg(long, env = "LICENSEGATE_DB_MAX_CONNECTIONS", global = true)]
     pub db_max_connections: Option<u32>,
@@ -91,6 +94,8 @@ pub struct Config {
     pub request_timeout: u64,
     /// Database pool size.
     pub db_max_connections: u32,
+    /// Seconds between signed audit checkpoints.
+    pub checkpoint_interval: u64,
 }
 
 impl Config {
@@ -142,6 +147,11 @@ impl Config {
                 .or(file.max_import_bytes)
                 .unwrap_or(32 << 20),
             request_timeout: over.request_timeout.or(file.request_timeout).unwrap_or(30),
+            checkpoint_interval: over
+                .checkpoint_interval
+                .or(file.checkpoint_interval)
+                .unwrap_or(10)
+                .max(1),
             db_max_connections: over
                 .db_max_connections
                 .or(file.db_max_connections)

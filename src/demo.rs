@@ -475,6 +475,7 @@ pub async fn load(services: &Services) -> Result<()> {
         return Ok(());
     }
     let base = services.config.public_url.clone();
+    let system = crate::audit::Actor::system("demo");
     let mut clients = Vec::new();
     let mut add_client = |created: crate::oauth::client_auth::CreatedClient, name: &str| {
         clients.push(DemoClient {
@@ -487,25 +488,47 @@ pub async fn load(services: &Services) -> Result<()> {
     };
     let op = services
         .clients
-        .create(NewClient {
-            name: "大数据中心 operator".into(),
-            role: Role::Operator,
-            issuer_id: None,
-            jwks: None,
-        })
+        .create(
+            &system,
+            NewClient {
+                name: "大数据中心 operator".into(),
+                role: Role::Operator,
+                issuer_id: None,
+                jwks: None,
+            },
+        )
         .await?;
     add_client(op, "大数据中心 operator");
+    let regulator = services
+        .clients
+        .create(
+            &system,
+            NewClient {
+                name: "综合管理部门 regulator".into(),
+                role: Role::Regulator,
+                issuer_id: None,
+                jwks: None,
+            },
+        )
+        .await?;
+    add_client(regulator, "综合管理部门 regulator");
     let mut actors = Vec::new();
     for unit in &units {
-        services.library.create_issuer(unit.clone()).await?;
+        services
+            .library
+            .create_issuer(&system, unit.clone())
+            .await?;
         let c = services
             .clients
-            .create(NewClient {
-                name: unit.name.clone(),
-                role: Role::Issuer,
-                issuer_id: Some(unit.id.clone()),
-                jwks: None,
-            })
+            .create(
+                &system,
+                NewClient {
+                    name: unit.name.clone(),
+                    role: Role::Issuer,
+                    issuer_id: Some(unit.id.clone()),
+                    jwks: None,
+                },
+            )
             .await?;
         actors.push(IssuerActor {
             client_id: c.client_id.clone(),
@@ -514,7 +537,7 @@ pub async fn load(services: &Services) -> Result<()> {
         add_client(c, &unit.name);
     }
     for spec in catalog(&units)? {
-        services.library.create_type(spec).await?;
+        services.library.create_type(&system, spec).await?;
     }
     let pubs = publications()?;
     let total = pubs.len();
@@ -529,7 +552,7 @@ pub async fn load(services: &Services) -> Result<()> {
     let text = serde_json::to_string_pretty(&creds).map_err(Error::internal)?;
     let _ = std::fs::remove_file(&path);
     crate::keys::write_private_file(&path, text.as_bytes())?;
-    let issuer = &creds.clients[1];
+    let issuer = &creds.clients[2];
     println!(
         "demo data loaded: {} issuing units, 6 license types, {PEOPLE} people and {ORGANISATIONS} organisations, {total} licenses.\n\
          credentials: {}\n\

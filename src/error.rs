@@ -118,6 +118,10 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
     )
 }
 
+/// What a refusal said, kept on the response for its audit record.
+#[derive(Debug, Clone)]
+pub struct RefusalNote(pub String);
+
 /// RFC 9457 problem details body.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Problem {
@@ -176,7 +180,9 @@ impl IntoResponse for Error {
             detail,
             errors,
         };
+        let note = RefusalNote(problem.detail.clone());
         let mut response = (status, axum::Json(problem)).into_response();
+        response.extensions_mut().insert(note);
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),

@@ -240,6 +240,11 @@ impl SigningKey {
         self.pair.public_key().as_ref()
     }
 
+    /// Raw Ed25519 signature over `message`.
+    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
+        self.pair.sign(message).as_ref().to_vec()
+    }
+
     /// Signs `claims` as a compact JWS with header `{alg: EdDSA, typ, kid}`.
     pub fn sign_jws(&self, typ: &str, claims: &impl Serialize) -> Result<String> {
         let header = json!({"alg": "EdDSA", "typ": typ, "kid": self.kid});

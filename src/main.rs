@@ -57,6 +57,11 @@ enum Command {
         #[arg(long)]
         issuer: String,
     },
+    /// The audit log: verify, checkpoint, export.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Register an OAuth client and print its credentials (e.g. the first operator).
     CreateClient {
         /// Display name.
@@ -68,6 +73,32 @@ enum Command {
         /// For issuers: the issuing unit's unified social credit code.
         #[arg(long)]
         issuer: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the hash chain and every checkpoint signature, in the database or,
+    /// with --file, in an exported JSONL file without any database. Prints the
+    /// report and names the first record that fails; exits 1 on failure.
+    Verify {
+        /// An export made with `audit export` or GET /audit/v1/export.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// JWKS to verify checkpoint signatures with (instead of the keys in the file).
+        #[arg(long)]
+        jwks: Option<PathBuf>,
+    },
+    /// Sign a checkpoint over everything recorded so far and print it.
+    Checkpoint,
+    /// Write the whole log to a file: JSONL (verifiable offline) or CSV.
+    Export {
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// jsonl or csv.
+        #[arg(long, default_value = "jsonl")]
+        format: String,
     },
 }
 
@@ -108,7 +139,46 @@ fn main() -> ExitCode {
     }
 }
 
+fn print_report(report: &licensegate::audit::verify::VerifyReport) -> ExitCode {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(report).unwrap_or_default()
+    );
+    match &report.failure {
+        None => ExitCode::SUCCESS,
+        Some(f) => {
+            eprintln!("audit verification FAILED: {f}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_json(path: &std::path::Path) -> licensegate::Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        licensegate::Error::BadRequest(format!("cannot read {}: {e}", path.display()))
+    })?;
+    serde_json::from_str(&text)
+        .map_err(|e| licensegate::Error::BadRequest(format!("{} is not JSON: {e}", path.display())))
+}
+
 async fn run(command: Command, config: Config) -> licensegate::Result<ExitCode> {
+    // Verifying an export needs no database.
+    if let Command::Audit {
+        command: AuditCommand::Verify {
+            file: Some(file),
+            jwks,
+        },
+    } = &command
+    {
+        let trusted = jwks.as_deref().map(read_json).transpose()?;
+        let reader = std::fs::File::open(file)
+            .map(std::io::BufReader::new)
+            .map_err(|e| {
+                licensegate::Error::BadRequest(format!("cannot open {}: {e}", file.display()))
+            })?;
+        let report = licensegate::audit::verify::verify_file(reader, trusted.as_ref())?;
+        return Ok(print_report(&report));
+    }
     tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "effective configuration");
     let app = App::build(config).await?;
     match command {
@@ -146,6 +216,7 @@ async fn run(command: Command, config: Config) -> licensegate::Result<ExitCode> 
                 return Ok(ExitCode::from(2));
             }
         }
+        Command::Audit { command } => return audit_command(&app, command).await,
         Command::CreateClient { name, role, issuer } => {
             let role = Role::parse(&role).map_err(|_| {
                 licensegate::Error::BadRequest(
@@ -155,12 +226,15 @@ async fn run(command: Command, config: Config) -> licensegate::Result<ExitCode> 
             let created = app
                 .services
                 .clients
-                .create(NewClient {
-                    name,
-                    role,
-                    issuer_id: issuer,
-                    jwks: None,
-                })
+                .create(
+                    &licensegate::audit::Actor::system("cli"),
+                    NewClient {
+                        name,
+                        role,
+                        issuer_id: issuer,
+                        jwks: None,
+                    },
+                )
                 .await?;
             println!(
                 "{}",
@@ -169,4 +243,70 @@ async fn run(command: Command, config: Config) -> licensegate::Result<ExitCode> 
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn audit_command(app: &App, command: AuditCommand) -> licensegate::Result<ExitCode> {
+    use licensegate::audit::export::{self, Format};
+    use licensegate::audit::verify::{keys_from_jwks, verify_store};
+    let services = &app.services;
+    match command {
+        AuditCommand::Verify { jwks, .. } => {
+            let keys = match jwks {
+                Some(path) => keys_from_jwks(&read_json(&path)?),
+                None => keys_from_jwks(&services.keys.jwks(licensegate::keys::BROKER).await?),
+            };
+            let report =
+                verify_store(&services.store, services.checkpoints.all().await?, keys).await?;
+            services
+                .store
+                .insert_verification(&licensegate::store::audit::VerificationRow {
+                    time: report.time.clone(),
+                    ok: report.ok,
+                    records: report.records,
+                    checkpoints: report.checkpoints,
+                    failure: report.failure.clone(),
+                })
+                .await?;
+            Ok(print_report(&report))
+        }
+        AuditCommand::Checkpoint => {
+            let cp = services.checkpoints.create().await?;
+            println!("{}", serde_json::to_string_pretty(&cp).unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Export { out, format } => {
+            use futures_util::StreamExt;
+            use std::io::Write;
+            let format = match format.as_str() {
+                "jsonl" => Format::Jsonl,
+                "csv" => Format::Csv,
+                other => {
+                    return Err(licensegate::Error::BadRequest(format!(
+                        "format must be jsonl or csv, not {other:?}"
+                    )))
+                }
+            };
+            let (filter, header, checkpoints) =
+                export::prepare(services, Default::default(), true, format).await?;
+            let file = std::fs::File::create(&out).map_err(|e| {
+                licensegate::Error::BadRequest(format!("cannot create {}: {e}", out.display()))
+            })?;
+            let mut writer = std::io::BufWriter::new(file);
+            let mut stream = std::pin::pin!(export::stream(
+                services.store.clone(),
+                filter,
+                format,
+                header,
+                checkpoints
+            ));
+            while let Some(chunk) = stream.next().await {
+                writer
+                    .write_all(&chunk?)
+                    .map_err(licensegate::Error::internal)?;
+            }
+            writer.flush().map_err(licensegate::Error::internal)?;
+            println!("exported to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

@@ -285,12 +285,15 @@ async fn private_key_jwt_with_eddsa_and_es256() {
     let created = s
         .services
         .clients
-        .create(NewClient {
-            name: "jwt client".into(),
-            role: Role::Operator,
-            issuer_id: None,
-            jwks: Some(jwks),
-        })
+        .create(
+            &licensegate::audit::Actor::system("test"),
+            NewClient {
+                name: "jwt client".into(),
+                role: Role::Operator,
+                issuer_id: None,
+                jwks: Some(jwks),
+            },
+        )
         .await
         .unwrap();
     assert!(created.client_secret.is_none());
@@ -433,12 +436,15 @@ async fn private_key_jwt_with_eddsa_and_es256() {
         let e = s
             .services
             .clients
-            .create(NewClient {
-                name: "x".into(),
-                role: Role::Operator,
-                issuer_id: None,
-                jwks: Some(bad),
-            })
+            .create(
+                &licensegate::audit::Actor::system("test"),
+                NewClient {
+                    name: "x".into(),
+                    role: Role::Operator,
+                    issuer_id: None,
+                    jwks: Some(bad),
+                },
+            )
             .await;
         assert!(matches!(e, Err(licensegate::Error::Invalid { .. })));
     }
@@ -518,6 +524,15 @@ async fn operability_routes() {
         ("get", "/readyz"),
         ("get", "/metrics"),
         ("get", "/openapi.json"),
+        ("get", "/audit/v1/checkpoints/latest"),
+        ("post", "/audit/v1/checkpoints/latest"),
+        ("get", "/audit/v1/checkpoints"),
+        ("get", "/audit/v1/proofs/consistency"),
+        ("get", "/audit/v1/records"),
+        ("get", "/audit/v1/records/{seq}/inclusion"),
+        ("get", "/audit/v1/export"),
+        ("post", "/audit/v1/verifications"),
+        ("get", "/audit/v1/verifications/latest"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
@@ -526,7 +541,7 @@ async fn operability_routes() {
     }
     let documented: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
     assert_eq!(
-        documented, 24,
+        documented, 33,
         "every documented operation is in the list above"
     );
     s.stop().await;

@@ -32,12 +32,12 @@ pub fn router() -> OpenApiRouter<AppState> {
     security(("bearer" = ["catalog:write"])))]
 async fn create_issuer(
     State(state): State<AppState>,
-    _op: Operator,
+    Operator(op): Operator,
     ApiJson(issuer): ApiJson<Issuer>,
 ) -> Result<(StatusCode, Json<Issuer>)> {
     Ok((
         StatusCode::CREATED,
-        Json(state.library.create_issuer(issuer).await?),
+        Json(state.library.create_issuer(&op.actor(), issuer).await?),
     ))
 }
 
@@ -49,12 +49,12 @@ async fn create_issuer(
     security(("bearer" = ["catalog:write"])))]
 async fn create_type(
     State(state): State<AppState>,
-    _op: Operator,
+    Operator(op): Operator,
     ApiJson(spec): ApiJson<LicenseTypeSpec>,
 ) -> Result<(StatusCode, Json<LicenseType>)> {
     Ok((
         StatusCode::CREATED,
-        Json(state.library.create_type(spec).await?),
+        Json(state.library.create_type(&op.actor(), spec).await?),
     ))
 }
 
@@ -68,11 +68,13 @@ async fn create_type(
     security(("bearer" = ["catalog:write"])))]
 async fn update_type(
     State(state): State<AppState>,
-    _op: Operator,
+    Operator(op): Operator,
     Path(code): Path<String>,
     ApiJson(spec): ApiJson<LicenseTypeSpec>,
 ) -> Result<Json<LicenseType>> {
-    Ok(Json(state.library.update_type(&code, spec).await?))
+    Ok(Json(
+        state.library.update_type(&op.actor(), &code, spec).await?,
+    ))
 }
 
 /// Registers an OAuth client; the secret is shown only in this response.
@@ -85,6 +87,9 @@ async fn create_client(
     bearer: Bearer,
     ApiJson(req): ApiJson<NewClient>,
 ) -> Result<(StatusCode, Json<CreatedClient>)> {
-    bearer.require(scope::CLIENTS_WRITE)?;
-    Ok((StatusCode::CREATED, Json(state.clients.create(req).await?)))
+    let claims = bearer.require(scope::CLIENTS_WRITE)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(state.clients.create(&claims.actor(), req).await?),
+    ))
 }

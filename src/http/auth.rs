@@ -37,6 +37,9 @@ impl FromRequestParts<AppState> for Bearer {
             }
         };
         let claims = state.tokens.verify(token).await?;
+        if let Some(slot) = parts.extensions.get::<super::context::ActorSlot>() {
+            slot.set(claims.actor());
+        }
         match state.clients.get(&claims.client_id).await? {
             Some(c) if c.status == ClientStatus::Active => Ok(Bearer(claims)),
             _ => Err(Error::Unauthorized(
@@ -89,5 +92,20 @@ impl FromRequestParts<AppState> for IssuerCaller {
             client_id: claims.client_id,
             issuer_id,
         }))
+    }
+}
+
+/// A regulator (scope `audit:read`).
+pub struct Regulator(pub AccessClaims);
+
+impl FromRequestParts<AppState> for Regulator {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        Ok(Regulator(
+            Bearer::from_request_parts(parts, state)
+                .await?
+                .require(scope::AUDIT_READ)?,
+        ))
     }
 }

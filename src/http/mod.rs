@@ -1,8 +1,10 @@
 //! HTTP: axum routers and thin handlers (parse, call a service, render).
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod catalog;
+pub mod context;
 pub mod issuer;
 pub mod oauth;
 pub mod ops;
@@ -39,6 +41,7 @@ pub struct ApiJson<T>(pub T);
         (name = "catalog", description = "The license catalog and issuing units (public)"),
         (name = "admin", description = "Operator API"),
         (name = "issuer", description = "Issuing-unit API: publish and manage licenses"),
+        (name = "audit", description = "Tamper-evident audit log: checkpoints, proofs, search, export, verification"),
         (name = "ops", description = "Health, readiness, metrics")
     )
 )]
@@ -74,6 +77,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(admin::router())
         .merge(issuer::router(config.max_import_bytes))
         .merge(ops::router())
+        .merge(audit::router())
         .split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     // Every app in a process builds the same document; the first one is kept.
@@ -84,6 +88,10 @@ pub fn router(state: AppState) -> axum::Router {
     ))
     .fallback(not_found)
     .method_not_allowed_fallback(method_not_allowed)
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        context::context,
+    ))
     .layer(DefaultBodyLimit::max(config.max_body_bytes))
     .layer(TimeoutLayer::with_status_code(
         StatusCode::REQUEST_TIMEOUT,

@@ -12,8 +12,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
+use crate::audit::{Actor, ActorKind};
 use crate::error::Result;
 use crate::keys::BROKER;
+use crate::oauth::client_auth::claimed_client;
 use crate::oauth::tokens::{parse_form, token_request, TokenResponse};
 use crate::oauth::{OAuthError, OAuthErrorBody, OAuthErrorCode};
 
@@ -56,7 +58,12 @@ struct TokenForm {
     ),
     security((), ("client_secret_basic" = []))
 )]
-async fn token(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn token(
+    State(state): State<AppState>,
+    slot: Option<axum::Extension<super::context::ActorSlot>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let is_form = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -76,7 +83,20 @@ async fn token(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -
         let authorization = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        token_request(&state.clients, &state.tokens, authorization, &params).await
+        if let (Some(slot), Some(id)) = (&slot, claimed_client(authorization, &params)) {
+            slot.set(Actor {
+                kind: ActorKind::Anonymous,
+                id,
+            });
+        }
+        token_request(
+            &state.clients,
+            &state.audit,
+            &state.tokens,
+            authorization,
+            &params,
+        )
+        .await
     }
     .await;
     match result {

@@ -68,6 +68,15 @@ impl Library {
                 continue;
             }
             let result = self.import_line(actor, line).await;
+            if let Err(e) = &result {
+                // A refused line changes nothing in the library, but the refusal is recorded.
+                let event = actor
+                    .event("license.import_refused", crate::audit::Outcome::Refused)
+                    .reason(format!("line {}: {e}", i + 1));
+                if let Err(audit_error) = self.audit.record(event).await {
+                    tracing::error!(error = %audit_error, "cannot audit a refused import line");
+                }
+            }
             let entry = match result {
                 Ok((outcome, identifier)) => LineReport {
                     line: i + 1,

@@ -14,6 +14,7 @@ use serde_json::{json, Map, Value};
 use time::{Date, OffsetDateTime, UtcOffset};
 use utoipa::ToSchema;
 
+use crate::audit::{Actor, ActorKind, AuditEvent, AuditLog, Outcome};
 use crate::error::{Error, FieldError, Result};
 use crate::keys::{issuer_owner, random_token, KeyRing, Sealer};
 use crate::store::licenses::{EventRow, LicenseFilter, LicenseRow, VersionRow};
@@ -267,6 +268,13 @@ pub struct IssuerActor {
     pub issuer_id: String,
 }
 
+impl IssuerActor {
+    /// An audit event by this issuing unit's client.
+    fn event(&self, action: &str, outcome: Outcome) -> AuditEvent {
+        AuditEvent::new(ActorKind::Issuer, self.client_id.clone(), action, outcome)
+    }
+}
+
 /// Face fields, validity and holder of a license version, validated.
 struct Content {
     fields: Map<String, Value>,
@@ -279,16 +287,24 @@ pub struct Library {
     store: Store,
     sealer: Arc<Sealer>,
     keys: Arc<KeyRing>,
+    audit: Arc<AuditLog>,
     public_url: String,
 }
 
 impl Library {
     /// The library over a store.
-    pub fn new(store: Store, sealer: Arc<Sealer>, keys: Arc<KeyRing>, public_url: String) -> Self {
+    pub fn new(
+        store: Store,
+        sealer: Arc<Sealer>,
+        keys: Arc<KeyRing>,
+        audit: Arc<AuditLog>,
+        public_url: String,
+    ) -> Self {
         Library {
             store,
             sealer,
             keys,
+            audit,
             public_url,
         }
     }
@@ -296,7 +312,7 @@ impl Library {
     // ---- issuing units -------------------------------------------------------
 
     /// Registers an issuing unit and gives it a signing key.
-    pub async fn create_issuer(&self, mut issuer: Issuer) -> Result<Issuer> {
+    pub async fn create_issuer(&self, actor: &Actor, mut issuer: Issuer) -> Result<Issuer> {
         let mut errors = Vec::new();
         if !is_valid_uscc(&issuer.id) {
             errors.push(FieldError::new(
@@ -328,6 +344,13 @@ impl Library {
             }
         })?;
         self.keys.active(&issuer_owner(&issuer.id)).await?;
+        self.audit
+            .record(
+                actor
+                    .event("issuer.registered", Outcome::Success)
+                    .reason(format!("issuing unit {} {}", issuer.id, issuer.name)),
+            )
+            .await?;
         Ok(issuer)
     }
 
@@ -352,7 +375,7 @@ impl Library {
     // ---- catalog -------------------------------------------------------------
 
     /// Adds a license type to the catalog.
-    pub async fn create_type(&self, spec: LicenseTypeSpec) -> Result<LicenseType> {
+    pub async fn create_type(&self, actor: &Actor, spec: LicenseTypeSpec) -> Result<LicenseType> {
         spec.validate()?;
         if self.store.issuer(&spec.issuer).await?.is_none() {
             return Err(Error::invalid_field(
@@ -370,12 +393,24 @@ impl Library {
                     e
                 }
             })?;
+        self.audit
+            .record(
+                actor
+                    .event("license_type.created", Outcome::Success)
+                    .license_type(&spec.code),
+            )
+            .await?;
         self.license_type(&spec.code).await
     }
 
     /// Replaces a license type's definition. Licenses already issued keep the
     /// fields they were signed with; the holder kind cannot change once set.
-    pub async fn update_type(&self, code: &str, spec: LicenseTypeSpec) -> Result<LicenseType> {
+    pub async fn update_type(
+        &self,
+        actor: &Actor,
+        code: &str,
+        spec: LicenseTypeSpec,
+    ) -> Result<LicenseType> {
         if spec.code != code {
             return Err(Error::invalid_field(
                 "code",
@@ -410,6 +445,14 @@ impl Library {
                 "the license type changed meanwhile; retry".into(),
             ));
         }
+        self.audit
+            .record(
+                actor
+                    .event("license_type.updated", Outcome::Success)
+                    .license_type(code)
+                    .reason(format!("revision {}", current.revision + 1)),
+            )
+            .await?;
         self.license_type(code).await
     }
 
@@ -687,6 +730,12 @@ impl Library {
             },
         )
         .await?;
+        tx.audit(vec![actor
+            .event("license.published", Outcome::Success)
+            .holder(&holder_id)
+            .license(&version.identifier)
+            .license_type(&ty.spec.code)])
+            .await?;
         tx.commit().await?;
         Ok(ident.base())
     }
@@ -822,6 +871,13 @@ impl Library {
             },
         )
         .await?;
+        let mut event = actor
+            .event("license.updated", Outcome::Success)
+            .holder(&license.holder_id)
+            .license(&row.identifier)
+            .license_type(&license.license_type);
+        event.reason = req.reason.clone();
+        tx.audit(vec![event]).await?;
         tx.commit().await?;
         self.view(&license.id).await
     }
@@ -868,6 +924,14 @@ impl Library {
             },
         )
         .await?;
+        let identifier = self.current_identifier(&license).await?;
+        tx.audit(vec![actor
+            .event(&format!("license.{verb}"), Outcome::Success)
+            .holder(&license.holder_id)
+            .license(identifier)
+            .license_type(&license.license_type)
+            .reason(change.reason.trim())])
+            .await?;
         tx.commit().await?;
         self.view(&license.id).await
     }

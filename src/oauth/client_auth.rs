@@ -14,6 +14,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::{Client, ClientStatus, OAuthError, OAuthErrorCode, Role};
+use crate::audit::{Actor, AuditLog, Outcome};
 use crate::error::{Error, Result};
 use crate::keys::{constant_time_eq, random_token, Sealer};
 use crate::store::{now, timestamp, Store};
@@ -67,22 +68,24 @@ struct AssertionClaims {
 /// Registers and authenticates clients.
 pub struct Clients {
     store: Store,
+    audit: Arc<AuditLog>,
     sealer: Arc<Sealer>,
     audiences: [String; 2],
 }
 
 impl Clients {
     /// Clients of the broker at `public_url`.
-    pub fn new(store: Store, sealer: Arc<Sealer>, public_url: &str) -> Self {
+    pub fn new(store: Store, sealer: Arc<Sealer>, audit: Arc<AuditLog>, public_url: &str) -> Self {
         Clients {
             store,
+            audit,
             sealer,
             audiences: [public_url.to_owned(), format!("{public_url}/token")],
         }
     }
 
     /// Registers a client. Issuers must name an existing issuing unit.
-    pub async fn create(&self, req: NewClient) -> Result<CreatedClient> {
+    pub async fn create(&self, actor: &Actor, req: NewClient) -> Result<CreatedClient> {
         if req.name.trim().is_empty() || req.name.chars().count() > 200 {
             return Err(Error::invalid_field("name", "must be 1-200 characters"));
         }
@@ -130,6 +133,18 @@ impl Clients {
             status: ClientStatus::Active,
         };
         self.store.insert_client(&client, &timestamp(now())).await?;
+        self.audit
+            .record(
+                actor
+                    .event("client.registered", Outcome::Success)
+                    .reason(format!(
+                        "client {} ({}) role {}",
+                        client.client_id,
+                        client.name,
+                        client.role.as_str()
+                    )),
+            )
+            .await?;
         Ok(CreatedClient {
             client_id,
             token_endpoint_auth_method: if secret.is_some() {
@@ -322,6 +337,28 @@ impl Clients {
         }
         Ok(client)
     }
+}
+
+/// The client a token request claims to come from, before authentication
+/// (for the audit record of a refusal).
+pub fn claimed_client(
+    authorization: Option<&str>,
+    params: &HashMap<String, String>,
+) -> Option<String> {
+    let from_basic = authorization
+        .map(str::trim)
+        .filter(|h| h.len() > 6 && h[..6].eq_ignore_ascii_case("basic "))
+        .and_then(|h| STANDARD.decode(h[6..].trim()).ok())
+        .and_then(|d| String::from_utf8(d).ok())
+        .and_then(|d| d.split_once(':').map(|(id, _)| url_decode(id)));
+    from_basic
+        .or_else(|| {
+            params
+                .get("client_assertion")
+                .and_then(|a| unverified_subject(a))
+        })
+        .or_else(|| params.get("client_id").cloned())
+        .map(|id| id.chars().take(128).collect())
 }
 
 fn url_decode(s: &str) -> String {

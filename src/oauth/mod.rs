@@ -219,11 +219,14 @@ impl axum::response::IntoResponse for OAuthError {
             OAuthErrorCode::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };
+        let note =
+            crate::error::RefusalNote(format!("{}: {}", self.code.as_str(), self.description));
         let body = OAuthErrorBody {
             error: self.code.as_str().to_owned(),
             error_description: self.description,
         };
         let mut res = (status, axum::Json(body)).into_response();
+        res.extensions_mut().insert(note);
         let h = res.headers_mut();
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));

@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 
 use super::client_auth::Clients;
 use super::{Client, ClientStatus, OAuthError, OAuthErrorCode};
+use crate::audit::{Actor, AuditLog, Outcome};
 use crate::error::{Error, Result};
 use crate::keys::{random_token, KeyRing, BROKER};
 use crate::store::now;
@@ -42,6 +43,27 @@ pub struct AccessClaims {
 }
 
 impl AccessClaims {
+    /// The audit actor of this token's client.
+    pub fn actor(&self) -> crate::audit::Actor {
+        use crate::audit::{Actor, ActorKind};
+        // Scopes say the role: licenses:write only issuers, audit:read only regulators.
+        let kind = if self.issuing_unit.is_some() {
+            ActorKind::Issuer
+        } else if self.has_scope(super::scope::AUDIT_READ) {
+            ActorKind::Regulator
+        } else if self.has_scope(super::scope::CATALOG_WRITE)
+            || self.has_scope(super::scope::CLIENTS_WRITE)
+        {
+            ActorKind::Operator
+        } else {
+            ActorKind::Entity
+        };
+        Actor {
+            kind,
+            id: self.client_id.clone(),
+        }
+    }
+
     /// Whether the token carries `scope`.
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scope.split(' ').any(|s| s == scope)
@@ -144,6 +166,7 @@ pub fn parse_form(body: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
 /// The token endpoint: authenticates the client and runs the grant.
 pub async fn token_request(
     clients: &Clients,
+    audit: &AuditLog,
     tokens: &AccessTokens,
     authorization: Option<&str>,
     params: &HashMap<String, String>,
@@ -205,6 +228,17 @@ pub async fn token_request(
         }
     };
     let (access_token, claims) = tokens.issue(&client, scope).await?;
+    // The token is handed out only once its issuance is on record.
+    audit
+        .record(
+            Actor::client(client.role, &client.client_id)
+                .event("token.issued", Outcome::Success)
+                .reason(format!(
+                    "client_credentials scope={} jti={}",
+                    claims.scope, claims.jti
+                )),
+        )
+        .await?;
     Ok(TokenResponse {
         access_token,
         token_type: "Bearer",

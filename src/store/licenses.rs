@@ -260,6 +260,14 @@ impl Store {
 }
 
 impl LibraryTx {
+    /// Appends audit records inside this transaction, so they commit with the change.
+    pub async fn audit(
+        &mut self,
+        events: Vec<crate::audit::AuditEvent>,
+    ) -> Result<Vec<crate::audit::AuditRecord>> {
+        crate::audit::append_in(&mut self.0, events).await
+    }
+
     /// Commits.
     pub async fn commit(self) -> Result<()> {
         self.0.commit().await?;

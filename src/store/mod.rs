@@ -11,6 +11,7 @@
 //! pool instead of failing) and reads through a separate pool (WAL lets them
 //! run beside the writer). On PostgreSQL both are the same pool.
 
+pub mod audit;
 pub mod catalog;
 pub mod clients;
 pub mod licenses;

@@ -123,12 +123,15 @@ impl TestServer {
         let c = self
             .services
             .clients
-            .create(NewClient {
-                name: format!("test {role:?}"),
-                role,
-                issuer_id: issuer_id.map(str::to_owned),
-                jwks: None,
-            })
+            .create(
+                &licensegate::audit::Actor::system("test"),
+                NewClient {
+                    name: format!("test {role:?}"),
+                    role,
+                    issuer_id: issuer_id.map(str::to_owned),
+                    jwks: None,
+                },
+            )
             .await
             .unwrap();
         (c.client_id, c.client_secret.unwrap())

@@ -1,0 +1,521 @@
+//! The tamper-evident audit log: one append-only, hash-chained sequence of
+//! records with signed Merkle checkpoints (RFC 9162 style).
+//!
+//! # Record hash (the canonical encoding)
+//!
+//! Each record's fields are encoded in this fixed order: `seq` (decimal),
+//! `time`, `actor_kind`, `actor_id`, `action`, `outcome`, `holder`, `license`,
+//! `license_type`, `consent`, `purpose`, `reason`, `request_id`,
+//! `client_addr`. A present field is the byte `0x00`, its UTF-8 length as a
+//! 4-byte big-endian integer, then its UTF-8 bytes; an absent one is the byte
+//! `0xFF`. Then
+//!
+//! `hash = SHA-256(prev_hash || encoding)`, with `prev_hash` of record 1 = 32 zero bytes.
+//!
+//! The Merkle leaf of a record is its `hash` (see [`merkle`]).
+//!
+//! # Durability
+//!
+//! Appends go through one writer task per process that commits whatever has
+//! queued up in one transaction (group commit); [`AuditLog::record`] returns
+//! only after that transaction committed. Every batch locks the single
+//! `audit_head` row first, so several processes on one PostgreSQL database
+//! append to one chain, serialised on that row. Library changes append their
+//! records inside their own transaction ([`append_in`]) so the change and its
+//! record commit together.
+
+pub mod checkpoint;
+pub mod export;
+pub mod merkle;
+pub mod verify;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sqlx::AnyConnection;
+use tokio::sync::{mpsc, oneshot};
+use utoipa::ToSchema;
+
+use crate::error::{Error, Result};
+use crate::keys::sha256;
+use crate::store::{now, timestamp, Store};
+use merkle::{leaf_hash, Frontier, Hash};
+
+/// Who did something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorKind {
+    /// A social entity (OAuth client with role entity).
+    Entity,
+    /// A holder.
+    Holder,
+    /// An issuing unit's client.
+    Issuer,
+    /// An operator.
+    Operator,
+    /// A regulator.
+    Regulator,
+    /// licensegate itself, or the command line.
+    System,
+    /// Someone not (yet) authenticated.
+    Anonymous,
+}
+
+impl ActorKind {
+    /// Wire and database spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorKind::Entity => "entity",
+            ActorKind::Holder => "holder",
+            ActorKind::Issuer => "issuer",
+            ActorKind::Operator => "operator",
+            ActorKind::Regulator => "regulator",
+            ActorKind::System => "system",
+            ActorKind::Anonymous => "anonymous",
+        }
+    }
+
+    /// The actor kind of a client role.
+    pub fn of_role(role: crate::oauth::Role) -> Self {
+        match role {
+            crate::oauth::Role::Operator => ActorKind::Operator,
+            crate::oauth::Role::Issuer => ActorKind::Issuer,
+            crate::oauth::Role::Entity => ActorKind::Entity,
+            crate::oauth::Role::Regulator => ActorKind::Regulator,
+        }
+    }
+}
+
+/// An authenticated (or claimed) actor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// Kind.
+    pub kind: ActorKind,
+    /// Id: client id, holder id, or a name for the command line.
+    pub id: String,
+}
+
+impl Actor {
+    /// licensegate itself or its command line (`id` says which part).
+    pub fn system(id: &str) -> Self {
+        Actor {
+            kind: ActorKind::System,
+            id: id.to_owned(),
+        }
+    }
+
+    /// A client acting in its role.
+    pub fn client(role: crate::oauth::Role, client_id: &str) -> Self {
+        Actor {
+            kind: ActorKind::of_role(role),
+            id: client_id.to_owned(),
+        }
+    }
+
+    /// An event by this actor.
+    pub fn event(&self, action: &str, outcome: Outcome) -> AuditEvent {
+        AuditEvent::new(self.kind, self.id.clone(), action, outcome)
+    }
+}
+
+/// How it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Done.
+    Success,
+    /// Refused (authentication, authorization, validation, state).
+    Refused,
+}
+
+impl Outcome {
+    /// Wire and database spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Refused => "refused",
+        }
+    }
+}
+
+/// What a caller records; the log adds sequence number, time and hashes.
+#[derive(Debug, Clone)]
+pub struct AuditEvent {
+    /// Actor kind.
+    pub actor_kind: ActorKind,
+    /// Actor id (client id, holder id, "cli").
+    pub actor_id: String,
+    /// Action, e.g. `license.published`, `token.issued`, `access.denied`.
+    pub action: String,
+    /// Outcome.
+    pub outcome: Outcome,
+    /// Holder concerned.
+    pub holder: Option<String>,
+    /// License concerned (identifier of the version).
+    pub license: Option<String>,
+    /// License type concerned.
+    pub license_type: Option<String>,
+    /// Consent concerned.
+    pub consent: Option<String>,
+    /// Purpose (事由).
+    pub purpose: Option<String>,
+    /// Reason of a refusal, or the deciding policy.
+    pub reason: Option<String>,
+    /// Request id (filled from the current request when absent).
+    pub request_id: Option<String>,
+    /// Client address (filled from the current request when absent).
+    pub client_addr: Option<String>,
+}
+
+impl AuditEvent {
+    /// An event with the required parts; the rest is added with the builders.
+    pub fn new(
+        actor_kind: ActorKind,
+        actor_id: impl Into<String>,
+        action: &str,
+        outcome: Outcome,
+    ) -> Self {
+        let meta = current_request();
+        AuditEvent {
+            actor_kind,
+            actor_id: actor_id.into(),
+            action: action.to_owned(),
+            outcome,
+            holder: None,
+            license: None,
+            license_type: None,
+            consent: None,
+            purpose: None,
+            reason: None,
+            request_id: meta.as_ref().map(|m| m.request_id.clone()),
+            client_addr: meta.and_then(|m| m.client_addr),
+        }
+    }
+
+    /// With the holder.
+    pub fn holder(mut self, v: impl Into<String>) -> Self {
+        self.holder = Some(v.into());
+        self
+    }
+
+    /// With the license.
+    pub fn license(mut self, v: impl Into<String>) -> Self {
+        self.license = Some(v.into());
+        self
+    }
+
+    /// With the license type.
+    pub fn license_type(mut self, v: impl Into<String>) -> Self {
+        self.license_type = Some(v.into());
+        self
+    }
+
+    /// With a reason.
+    pub fn reason(mut self, v: impl Into<String>) -> Self {
+        self.reason = Some(v.into());
+        self
+    }
+}
+
+/// One record of the log.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Gapless sequence number, from 1.
+    pub seq: i64,
+    /// When (RFC 3339 UTC).
+    pub time: String,
+    /// Actor kind.
+    pub actor_kind: String,
+    /// Actor id.
+    pub actor_id: String,
+    /// Action.
+    pub action: String,
+    /// success or refused.
+    pub outcome: String,
+    /// Holder.
+    pub holder: Option<String>,
+    /// License identifier.
+    pub license: Option<String>,
+    /// License type.
+    pub license_type: Option<String>,
+    /// Consent.
+    pub consent: Option<String>,
+    /// Purpose.
+    pub purpose: Option<String>,
+    /// Reason or deciding policy.
+    pub reason: Option<String>,
+    /// Request id.
+    pub request_id: Option<String>,
+    /// Client address.
+    pub client_addr: Option<String>,
+    /// Hash of the previous record (hex).
+    pub prev_hash: String,
+    /// This record's hash (hex).
+    pub hash: String,
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses lowercase or uppercase hex into 32 bytes.
+pub fn unhex32(s: &str) -> Option<Hash> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+        let pair = std::str::from_utf8(chunk).ok()?;
+        out[i] = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(out)
+}
+
+impl AuditRecord {
+    /// The canonical encoding of the record's content (see the module docs).
+    pub fn encode(&self) -> Vec<u8> {
+        let seq = self.seq.to_string();
+        let fields: [Option<&str>; 14] = [
+            Some(&seq),
+            Some(&self.time),
+            Some(&self.actor_kind),
+            Some(&self.actor_id),
+            Some(&self.action),
+            Some(&self.outcome),
+            self.holder.as_deref(),
+            self.license.as_deref(),
+            self.license_type.as_deref(),
+            self.consent.as_deref(),
+            self.purpose.as_deref(),
+            self.reason.as_deref(),
+            self.request_id.as_deref(),
+            self.client_addr.as_deref(),
+        ];
+        let mut out = Vec::with_capacity(256);
+        for f in fields {
+            match f {
+                None => out.push(0xFF),
+                Some(s) => {
+                    out.push(0);
+                    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+                    out.extend_from_slice(s.as_bytes());
+                }
+            }
+        }
+        out
+    }
+
+    /// The hash this record must have after `prev`.
+    pub fn compute_hash(&self, prev: &Hash) -> Hash {
+        let enc = self.encode();
+        let mut buf = Vec::with_capacity(32 + enc.len());
+        buf.extend_from_slice(prev);
+        buf.extend_from_slice(&enc);
+        sha256(buf)
+    }
+}
+
+/// The head of the chain: last sequence number, its hash and the Merkle frontier.
+#[derive(Debug, Clone)]
+pub struct Head {
+    /// Last sequence number (0 when empty).
+    pub seq: i64,
+    /// Hash of the last record (zeros when empty).
+    pub hash: Hash,
+    /// Merkle frontier over all records.
+    pub frontier: Frontier,
+}
+
+/// Appends `events` inside the caller's transaction: locks the head, chains
+/// the records, inserts them and moves the head. Returns the records.
+pub async fn append_in(
+    conn: &mut AnyConnection,
+    events: Vec<AuditEvent>,
+) -> Result<Vec<AuditRecord>> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut head = Store::lock_audit_head(conn).await?;
+    let time = timestamp(now());
+    let mut records = Vec::with_capacity(events.len());
+    for e in events {
+        let mut r = AuditRecord {
+            seq: head.seq + 1,
+            time: time.clone(),
+            actor_kind: e.actor_kind.as_str().to_owned(),
+            actor_id: e.actor_id,
+            action: e.action,
+            outcome: e.outcome.as_str().to_owned(),
+            holder: e.holder,
+            license: e.license,
+            license_type: e.license_type,
+            consent: e.consent,
+            purpose: e.purpose,
+            reason: e.reason.map(|r| truncate(r, 2000)),
+            request_id: e.request_id,
+            client_addr: e.client_addr,
+            prev_hash: hex(&head.hash),
+            hash: String::new(),
+        };
+        let h = r.compute_hash(&head.hash);
+        r.hash = hex(&h);
+        head.frontier.push(leaf_hash(&h));
+        head.seq = r.seq;
+        head.hash = h;
+        records.push(r);
+    }
+    Store::insert_audit_records(conn, &records).await?;
+    Store::update_audit_head(conn, &head).await?;
+    Ok(records)
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+struct Pending {
+    event: AuditEvent,
+    done: oneshot::Sender<Result<i64>>,
+}
+
+/// Largest number of records committed in one transaction.
+pub const MAX_BATCH: usize = 1024;
+
+/// The audit log service: durable appends with group commit.
+pub struct AuditLog {
+    queue: mpsc::Sender<Pending>,
+    store: Store,
+}
+
+impl AuditLog {
+    /// Starts the writer task.
+    pub fn start(store: Store) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel(MAX_BATCH * 8);
+        tokio::spawn(writer(store.clone(), rx));
+        Arc::new(AuditLog { queue: tx, store })
+    }
+
+    /// Appends one record and waits until it is durable; returns its sequence number.
+    pub async fn record(&self, event: AuditEvent) -> Result<i64> {
+        let (done, wait) = oneshot::channel();
+        self.queue
+            .send(Pending { event, done })
+            .await
+            .map_err(|_| Error::Unavailable("the audit log is shutting down".into()))?;
+        wait.await
+            .map_err(|_| Error::Unavailable("the audit log writer stopped".into()))?
+    }
+
+    /// The store behind the log.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+async fn writer(store: Store, mut rx: mpsc::Receiver<Pending>) {
+    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let events: Vec<AuditEvent> = batch.iter().map(|p| p.event.clone()).collect();
+        let result = commit_batch(&store, events).await;
+        match result {
+            Ok(seqs) => {
+                for (p, seq) in batch.drain(..).zip(seqs) {
+                    let _ = p.done.send(Ok(seq));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, records = batch.len(), "audit append failed");
+                for p in batch.drain(..) {
+                    let _ = p.done.send(Err(Error::Unavailable(
+                        "the audit log could not record this request; nothing was done".into(),
+                    )));
+                }
+            }
+        }
+    }
+}
+
+async fn commit_batch(store: &Store, events: Vec<AuditEvent>) -> Result<Vec<i64>> {
+    let mut tx = store.writer().begin().await?;
+    let records = append_in(&mut tx, events).await?;
+    tx.commit().await?;
+    Ok(records.iter().map(|r| r.seq).collect())
+}
+
+/// Where the current request came from, for the records it causes.
+#[derive(Debug, Clone)]
+pub struct RequestMeta {
+    /// Request id (also returned as `x-request-id`).
+    pub request_id: String,
+    /// Peer address.
+    pub client_addr: Option<String>,
+}
+
+tokio::task_local! {
+    static REQUEST: RequestMeta;
+}
+
+/// Runs `f` with `meta` as the current request.
+pub async fn with_request<F: std::future::Future>(meta: RequestMeta, f: F) -> F::Output {
+    REQUEST.scope(meta, f).await
+}
+
+/// The current request, if any.
+pub fn current_request() -> Option<RequestMeta> {
+    REQUEST.try_with(|m| m.clone()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> AuditRecord {
+        AuditRecord {
+            seq: 1,
+            time: "2026-01-01T00:00:00.000000Z".into(),
+            actor_kind: "issuer".into(),
+            actor_id: "iss_1".into(),
+            action: "license.published".into(),
+            outcome: "success".into(),
+            holder: Some("h_1".into()),
+            license: None,
+            license_type: Some("JMSFZ".into()),
+            consent: None,
+            purpose: None,
+            reason: None,
+            request_id: None,
+            client_addr: None,
+            prev_hash: hex(&[0; 32]),
+            hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn encoding_distinguishes_absent_empty_and_shifted_fields() {
+        let a = record();
+        let mut b = record();
+        b.license = Some(String::new());
+        assert_ne!(a.encode(), b.encode());
+        let mut c = record();
+        c.holder = None;
+        c.license = Some("h_1".into());
+        assert_ne!(a.encode(), c.encode());
+        assert_ne!(a.compute_hash(&[0; 32]), a.compute_hash(&[1; 32]));
+        assert_eq!(unhex32(&hex(&[0xab; 32])), Some([0xab; 32]));
+    }
+}

@@ -1,0 +1,337 @@
+//! SQL for the audit log. The log tables accept INSERT only (triggers refuse
+//! the rest), so this module has no UPDATE or DELETE on them.
+
+use sqlx::any::AnyRow;
+use sqlx::AnyConnection;
+
+use super::{col, Store};
+use crate::audit::merkle::Frontier;
+use crate::audit::{unhex32, AuditRecord, Head};
+use crate::error::{Error, Result};
+
+/// A signed checkpoint as stored.
+#[derive(Debug, Clone)]
+pub struct CheckpointRow {
+    /// Number of records covered.
+    pub tree_size: i64,
+    /// Merkle root (hex).
+    pub root_hash: String,
+    /// When it was signed.
+    pub time: String,
+    /// Signing key id.
+    pub kid: String,
+    /// Signature (base64url).
+    pub signature: String,
+}
+
+/// A verification result as stored.
+#[derive(Debug, Clone)]
+pub struct VerificationRow {
+    /// When.
+    pub time: String,
+    /// Whether everything verified.
+    pub ok: bool,
+    /// Records checked.
+    pub records: i64,
+    /// Checkpoints checked.
+    pub checkpoints: i64,
+    /// The first failure.
+    pub failure: Option<String>,
+}
+
+/// Search filters over the audit log.
+#[derive(Debug, Default, Clone)]
+pub struct AuditFilter {
+    /// From this time (inclusive, RFC 3339).
+    pub from: Option<String>,
+    /// Until this time (exclusive).
+    pub to: Option<String>,
+    /// Actor id (entity, client, holder).
+    pub actor: Option<String>,
+    /// Holder.
+    pub holder: Option<String>,
+    /// License identifier.
+    pub license: Option<String>,
+    /// License type.
+    pub license_type: Option<String>,
+    /// Action.
+    pub action: Option<String>,
+    /// Outcome.
+    pub outcome: Option<String>,
+    /// Only records after this sequence number (cursor).
+    pub after: Option<i64>,
+    /// Only records up to this sequence number.
+    pub until_seq: Option<i64>,
+}
+
+const COLUMNS: &str = "seq, time, actor_kind, actor_id, action, outcome, holder, license, license_type, consent, purpose, reason, request_id, client_addr, prev_hash, hash";
+
+fn record_from_row(row: &AnyRow) -> Result<AuditRecord> {
+    Ok(AuditRecord {
+        seq: col(row, "seq")?,
+        time: col(row, "time")?,
+        actor_kind: col(row, "actor_kind")?,
+        actor_id: col(row, "actor_id")?,
+        action: col(row, "action")?,
+        outcome: col(row, "outcome")?,
+        holder: col(row, "holder")?,
+        license: col(row, "license")?,
+        license_type: col(row, "license_type")?,
+        consent: col(row, "consent")?,
+        purpose: col(row, "purpose")?,
+        reason: col(row, "reason")?,
+        request_id: col(row, "request_id")?,
+        client_addr: col(row, "client_addr")?,
+        prev_hash: col(row, "prev_hash")?,
+        hash: col(row, "hash")?,
+    })
+}
+
+fn checkpoint_from_row(row: &AnyRow) -> Result<CheckpointRow> {
+    Ok(CheckpointRow {
+        tree_size: col(row, "tree_size")?,
+        root_hash: col(row, "root_hash")?,
+        time: col(row, "time")?,
+        kid: col(row, "kid")?,
+        signature: col(row, "signature")?,
+    })
+}
+
+fn head_from_row(row: &AnyRow) -> Result<Head> {
+    let seq: i64 = col(row, "seq")?;
+    let hash: String = col(row, "hash")?;
+    let frontier: Vec<u8> = col(row, "frontier")?;
+    Ok(Head {
+        seq,
+        hash: unhex32(&hash).ok_or_else(|| Error::internal("audit head hash is malformed"))?,
+        frontier: Frontier::from_parts(u64::try_from(seq).unwrap_or(0), &frontier)
+            .ok_or_else(|| Error::internal("audit head frontier is malformed"))?,
+    })
+}
+
+/// Rows per INSERT statement; a few fixed sizes keep the prepared-statement cache small.
+const CHUNKS: [usize; 3] = [64, 8, 1];
+
+fn insert_sql(rows: usize) -> String {
+    let mut sql = format!("INSERT INTO audit_records ({COLUMNS}) VALUES ");
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 0..16 {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", r * 16 + c + 1));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+impl Store {
+    /// Locks the chain head for this transaction and reads it. The no-op
+    /// UPDATE takes the row lock on PostgreSQL and the write lock on SQLite
+    /// before anything is read, so two appenders never see the same head.
+    pub async fn lock_audit_head(conn: &mut AnyConnection) -> Result<Head> {
+        sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1")
+            .execute(&mut *conn)
+            .await?;
+        let row = sqlx::query("SELECT seq, hash, frontier FROM audit_head WHERE id = 1")
+            .fetch_one(&mut *conn)
+            .await?;
+        head_from_row(&row)
+    }
+
+    /// Inserts chained records.
+    pub async fn insert_audit_records(
+        conn: &mut AnyConnection,
+        records: &[AuditRecord],
+    ) -> Result<()> {
+        let mut rest = records;
+        while !rest.is_empty() {
+            let n = CHUNKS
+                .iter()
+                .copied()
+                .find(|c| *c <= rest.len())
+                .unwrap_or(1);
+            let (chunk, tail) = rest.split_at(n);
+            let sql = insert_sql(n);
+            let mut q = sqlx::query(&sql);
+            for r in chunk {
+                q = q
+                    .bind(r.seq)
+                    .bind(&r.time)
+                    .bind(&r.actor_kind)
+                    .bind(&r.actor_id)
+                    .bind(&r.action)
+                    .bind(&r.outcome)
+                    .bind(&r.holder)
+                    .bind(&r.license)
+                    .bind(&r.license_type)
+                    .bind(&r.consent)
+                    .bind(&r.purpose)
+                    .bind(&r.reason)
+                    .bind(&r.request_id)
+                    .bind(&r.client_addr)
+                    .bind(&r.prev_hash)
+                    .bind(&r.hash);
+            }
+            q.execute(&mut *conn).await?;
+            rest = tail;
+        }
+        Ok(())
+    }
+
+    /// Moves the chain head.
+    pub async fn update_audit_head(conn: &mut AnyConnection, head: &Head) -> Result<()> {
+        sqlx::query("UPDATE audit_head SET seq = $1, hash = $2, frontier = $3 WHERE id = 1")
+            .bind(head.seq)
+            .bind(crate::audit::hex(&head.hash))
+            .bind(head.frontier.to_bytes())
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The chain head as committed.
+    pub async fn audit_head(&self) -> Result<Head> {
+        let row = sqlx::query("SELECT seq, hash, frontier FROM audit_head WHERE id = 1")
+            .fetch_one(self.reader())
+            .await?;
+        head_from_row(&row)
+    }
+
+    /// Records matching `f`, in sequence order, at most `limit`.
+    pub async fn audit_records(&self, f: &AuditFilter, limit: i64) -> Result<Vec<AuditRecord>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM audit_records
+             WHERE ($1 IS NULL OR time >= $1) AND ($2 IS NULL OR time < $2) AND ($3 IS NULL OR actor_id = $3)
+               AND ($4 IS NULL OR holder = $4) AND ($5 IS NULL OR license = $5) AND ($6 IS NULL OR license_type = $6)
+               AND ($7 IS NULL OR action = $7) AND ($8 IS NULL OR outcome = $8)
+               AND ($9 IS NULL OR seq > $9) AND ($10 IS NULL OR seq <= $10)
+             ORDER BY seq LIMIT $11"
+        );
+        sqlx::query(&sql)
+            .bind(&f.from)
+            .bind(&f.to)
+            .bind(&f.actor)
+            .bind(&f.holder)
+            .bind(&f.license)
+            .bind(&f.license_type)
+            .bind(&f.action)
+            .bind(&f.outcome)
+            .bind(f.after)
+            .bind(f.until_seq)
+            .bind(limit)
+            .fetch_all(self.reader())
+            .await?
+            .iter()
+            .map(record_from_row)
+            .collect()
+    }
+
+    /// Every record with `after < seq <= until`, in order, unfiltered (fast path for verification).
+    pub async fn audit_range(&self, after: i64, until: i64) -> Result<Vec<AuditRecord>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM audit_records WHERE seq > $1 AND seq <= $2 ORDER BY seq"
+        );
+        sqlx::query(&sql)
+            .bind(after)
+            .bind(until)
+            .fetch_all(self.reader())
+            .await?
+            .iter()
+            .map(record_from_row)
+            .collect()
+    }
+
+    /// The chain hashes of records 1..=until, in order (Merkle leaves).
+    pub async fn audit_hashes(&self, until: i64) -> Result<Vec<String>> {
+        sqlx::query("SELECT hash FROM audit_records WHERE seq <= $1 ORDER BY seq")
+            .bind(until)
+            .fetch_all(self.reader())
+            .await?
+            .iter()
+            .map(|r| col(r, "hash"))
+            .collect()
+    }
+
+    /// Stores a checkpoint; false if one of that size exists already.
+    pub async fn insert_checkpoint(&self, c: &CheckpointRow) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO audit_checkpoints (tree_size, root_hash, time, kid, signature) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (tree_size) DO NOTHING",
+        )
+        .bind(c.tree_size)
+        .bind(&c.root_hash)
+        .bind(&c.time)
+        .bind(&c.kid)
+        .bind(&c.signature)
+        .execute(self.writer())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The checkpoint covering exactly `tree_size` records.
+    pub async fn checkpoint(&self, tree_size: i64) -> Result<Option<CheckpointRow>> {
+        sqlx::query("SELECT * FROM audit_checkpoints WHERE tree_size = $1")
+            .bind(tree_size)
+            .fetch_optional(self.reader())
+            .await?
+            .as_ref()
+            .map(checkpoint_from_row)
+            .transpose()
+    }
+
+    /// The largest checkpoint.
+    pub async fn latest_checkpoint(&self) -> Result<Option<CheckpointRow>> {
+        sqlx::query("SELECT * FROM audit_checkpoints ORDER BY tree_size DESC LIMIT 1")
+            .fetch_optional(self.reader())
+            .await?
+            .as_ref()
+            .map(checkpoint_from_row)
+            .transpose()
+    }
+
+    /// Every checkpoint, smallest first.
+    pub async fn checkpoints(&self) -> Result<Vec<CheckpointRow>> {
+        sqlx::query("SELECT * FROM audit_checkpoints ORDER BY tree_size")
+            .fetch_all(self.reader())
+            .await?
+            .iter()
+            .map(checkpoint_from_row)
+            .collect()
+    }
+
+    /// Records the result of a verification.
+    pub async fn insert_verification(&self, v: &VerificationRow) -> Result<()> {
+        sqlx::query("INSERT INTO audit_verifications (time, ok, records, checkpoints, failure) VALUES ($1, $2, $3, $4, $5)")
+            .bind(&v.time)
+            .bind(i64::from(v.ok))
+            .bind(v.records)
+            .bind(v.checkpoints)
+            .bind(&v.failure)
+            .execute(self.writer())
+            .await?;
+        Ok(())
+    }
+
+    /// The last verification result.
+    pub async fn latest_verification(&self) -> Result<Option<VerificationRow>> {
+        let row = sqlx::query("SELECT * FROM audit_verifications ORDER BY id DESC LIMIT 1")
+            .fetch_optional(self.reader())
+            .await?;
+        row.map(|r| {
+            Ok(VerificationRow {
+                time: col(&r, "time")?,
+                ok: col::<i64>(&r, "ok")? == 1,
+                records: col(&r, "records")?,
+                checkpoints: col(&r, "checkpoints")?,
+                failure: col(&r, "failure")?,
+            })
+        })
+        .transpose()
+    }
+}
