@@ -180,7 +180,17 @@ impl IntoResponse for Error {
             detail,
             errors,
         };
-        let note = RefusalNote(problem.detail.clone());
+        let note = RefusalNote(
+            std::iter::once(problem.detail.clone())
+                .chain(
+                    problem
+                        .errors
+                        .iter()
+                        .map(|e| format!("{}: {}", e.field, e.message)),
+                )
+                .collect::<Vec<_>>()
+                .join("; "),
+        );
         let mut response = (status, axum::Json(problem)).into_response();
         response.extensions_mut().insert(note);
         response.headers_mut().insert(

@@ -43,6 +43,7 @@ VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000'
 -- Signed tree heads over the first tree_size records.
 CREATE TABLE audit_checkpoints (
     tree_size  INTEGER PRIMARY KEY,
+    origin     TEXT NOT NULL,
     root_hash  TEXT NOT NULL,
     time       TEXT NOT NULL,
     kid        TEXT NOT NULL,

@@ -63,9 +63,9 @@ impl Checkpoint {
             .is_ok()
     }
 
-    fn from_row(origin: &str, r: CheckpointRow) -> Self {
+    fn from_row(r: CheckpointRow) -> Self {
         Checkpoint {
-            origin: origin.to_owned(),
+            origin: r.origin,
             tree_size: r.tree_size,
             root_hash: r.root_hash,
             time: r.time,
@@ -124,7 +124,7 @@ impl Checkpoints {
         let head = self.store.audit_head().await?;
         let latest = self.store.latest_checkpoint().await?;
         if head.seq == 0 || latest.as_ref().is_some_and(|c| c.tree_size >= head.seq) {
-            return Ok(latest.map(|r| Checkpoint::from_row(&self.origin, r)));
+            return Ok(latest.map(Checkpoint::from_row));
         }
         let key = self.keys.active(BROKER).await?;
         let mut cp = Checkpoint {
@@ -138,6 +138,7 @@ impl Checkpoints {
         cp.signature = crate::keys::b64url(key.sign(cp.signed_text().as_bytes()));
         let row = CheckpointRow {
             tree_size: cp.tree_size,
+            origin: cp.origin.clone(),
             root_hash: cp.root_hash.clone(),
             time: cp.time.clone(),
             kid: cp.kid.clone(),
@@ -155,7 +156,7 @@ impl Checkpoints {
         self.store
             .checkpoint(tree_size)
             .await?
-            .map(|r| Checkpoint::from_row(&self.origin, r))
+            .map(Checkpoint::from_row)
             .ok_or_else(|| Error::NotFound(format!("no checkpoint of size {tree_size}")))
     }
 
@@ -165,7 +166,7 @@ impl Checkpoints {
             .store
             .latest_checkpoint()
             .await?
-            .map(|r| Checkpoint::from_row(&self.origin, r)))
+            .map(Checkpoint::from_row))
     }
 
     /// All checkpoints, oldest first.
@@ -175,7 +176,7 @@ impl Checkpoints {
             .checkpoints()
             .await?
             .into_iter()
-            .map(|r| Checkpoint::from_row(&self.origin, r))
+            .map(Checkpoint::from_row)
             .collect())
     }
 

@@ -242,6 +242,7 @@ pub async fn verify_store(
 /// One line of an export file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)] // one line at a time; boxing would only add allocations
 pub enum ExportLine {
     /// First line.
     Header(ExportHeader),

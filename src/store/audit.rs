@@ -14,6 +14,8 @@ use crate::error::{Error, Result};
 pub struct CheckpointRow {
     /// Number of records covered.
     pub tree_size: i64,
+    /// The broker that signed it.
+    pub origin: String,
     /// Merkle root (hex).
     pub root_hash: String,
     /// When it was signed.
@@ -90,6 +92,7 @@ fn record_from_row(row: &AnyRow) -> Result<AuditRecord> {
 fn checkpoint_from_row(row: &AnyRow) -> Result<CheckpointRow> {
     Ok(CheckpointRow {
         tree_size: col(row, "tree_size")?,
+        origin: col(row, "origin")?,
         root_hash: col(row, "root_hash")?,
         time: col(row, "time")?,
         kid: col(row, "kid")?,
@@ -261,7 +264,7 @@ impl Store {
     /// Stores a checkpoint; false if one of that size exists already.
     pub async fn insert_checkpoint(&self, c: &CheckpointRow) -> Result<bool> {
         let done = sqlx::query(
-            "INSERT INTO audit_checkpoints (tree_size, root_hash, time, kid, signature) VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO audit_checkpoints (tree_size, origin, root_hash, time, kid, signature) VALUES ($1, $6, $2, $3, $4, $5)
              ON CONFLICT (tree_size) DO NOTHING",
         )
         .bind(c.tree_size)
@@ -269,6 +272,7 @@ impl Store {
         .bind(&c.time)
         .bind(&c.kid)
         .bind(&c.signature)
+        .bind(&c.origin)
         .execute(self.writer())
         .await?;
         Ok(done.rows_affected() == 1)

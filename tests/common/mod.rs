@@ -324,3 +324,34 @@ pub fn verify_sd_jwt(sd_jwt: &str, jwks: &Value) -> serde_json::Map<String, Valu
     }
     fields
 }
+
+impl TestServer {
+    pub async fn regulator_token(&self) -> String {
+        let (id, secret) = self.client(Role::Regulator, None).await;
+        self.token(&id, &secret).await
+    }
+
+    /// Flags that point the command line at this server's database.
+    pub fn cli_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--data-dir".to_owned(),
+            self.dir.path().display().to_string(),
+        ];
+        if let Some(url) = &self.database_url {
+            args.push("--database-url".into());
+            args.push(url.clone());
+        }
+        args
+    }
+}
+
+/// The licensegate binary with no LICENSEGATE_* variables inherited.
+pub fn licensegate() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_licensegate"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("LICENSEGATE_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}

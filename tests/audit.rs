@@ -1,0 +1,872 @@
+//! The audit log: what is recorded, tamper detection by `licensegate audit
+//! verify`, RFC 9162 proofs checked independently, export, concurrency.
+
+mod common;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use common::*;
+use licensegate::audit::{ActorKind, AuditEvent, Outcome};
+use serde_json::{json, Value};
+
+// ---- an independent RFC 9162 implementation, written from the RFC --------
+
+fn sha(parts: &[&[u8]]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for p in parts {
+        ctx.update(p);
+    }
+    ctx.finish().as_ref().try_into().unwrap()
+}
+
+fn unhex(s: &str) -> [u8; 32] {
+    let v: Vec<u8> = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect();
+    v.try_into().unwrap()
+}
+
+/// RFC 9162 §2.1.3.2.
+fn rfc_verify_inclusion(
+    leaf_data: &[u8],
+    index: u64,
+    size: u64,
+    path: &[[u8; 32]],
+    root: &[u8; 32],
+) -> bool {
+    if index >= size {
+        return false;
+    }
+    let (mut fnn, mut snn) = (index, size - 1);
+    let mut r = sha(&[&[0], leaf_data]);
+    for p in path {
+        if snn == 0 {
+            return false;
+        }
+        if fnn % 2 == 1 || fnn == snn {
+            r = sha(&[&[1], p, &r]);
+            while fnn % 2 == 0 && fnn != 0 {
+                fnn >>= 1;
+                snn >>= 1;
+            }
+        } else {
+            r = sha(&[&[1], &r, p]);
+        }
+        fnn >>= 1;
+        snn >>= 1;
+    }
+    snn == 0 && &r == root
+}
+
+/// RFC 9162 §2.1.4.2.
+fn rfc_verify_consistency(
+    first: u64,
+    second: u64,
+    r1: &[u8; 32],
+    r2: &[u8; 32],
+    proof: &[[u8; 32]],
+) -> bool {
+    let mut path = proof.to_vec();
+    if first.is_power_of_two() {
+        path.insert(0, *r1);
+    }
+    let (mut fnn, mut snn) = (first - 1, second - 1);
+    while fnn % 2 == 1 {
+        fnn >>= 1;
+        snn >>= 1;
+    }
+    let (mut fr, mut sr) = (path[0], path[0]);
+    for c in &path[1..] {
+        if snn == 0 {
+            return false;
+        }
+        if fnn % 2 == 1 || fnn == snn {
+            fr = sha(&[&[1], c, &fr]);
+            sr = sha(&[&[1], c, &sr]);
+            while fnn % 2 == 0 && fnn != 0 {
+                fnn >>= 1;
+                snn >>= 1;
+            }
+        } else {
+            sr = sha(&[&[1], &sr, c]);
+        }
+        fnn >>= 1;
+        snn >>= 1;
+    }
+    &fr == r1 && &sr == r2 && snn == 0
+}
+
+/// MTH over leaf data, recomputed from scratch.
+fn rfc_root(leaves: &[[u8; 32]]) -> [u8; 32] {
+    match leaves.len() {
+        0 => sha(&[]),
+        1 => sha(&[&[0], &leaves[0]]),
+        n => {
+            let k = 1usize << (usize::BITS - 1 - (n - 1).leading_zeros());
+            sha(&[&[1], &rfc_root(&leaves[..k]), &rfc_root(&leaves[k..])])
+        }
+    }
+}
+
+fn checkpoint_signature_valid(cp: &Value, jwks: &Value) {
+    use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+    let jwk = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == cp["kid"])
+        .expect("checkpoint key in JWKS");
+    let x: [u8; 32] = URL_SAFE_NO_PAD
+        .decode(jwk["x"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let text = format!(
+        "licensegate audit checkpoint v1\norigin: {}\ntree_size: {}\nroot_hash: {}\ntime: {}\n",
+        cp["origin"].as_str().unwrap(),
+        cp["tree_size"],
+        cp["root_hash"].as_str().unwrap(),
+        cp["time"].as_str().unwrap()
+    );
+    let sig = Signature::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(cp["signature"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    VerifyingKey::from_bytes(&x)
+        .unwrap()
+        .verify(text.as_bytes(), &sig)
+        .expect("checkpoint signature verifies");
+}
+
+// ---- helpers ------------------------------------------------------------
+
+async fn append(s: &TestServer, n: usize) {
+    for i in 0..n {
+        s.services
+            .audit
+            .record(
+                AuditEvent::new(ActorKind::System, "test", "test.event", Outcome::Success)
+                    .reason(format!("event {i}")),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+async fn sign_checkpoint(s: &TestServer, regulator: &str) -> Value {
+    let res = s
+        .http
+        .post(s.url("/audit/v1/checkpoints/latest"))
+        .bearer_auth(regulator)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
+/// Runs `licensegate audit verify` against the server's database.
+fn cli_verify(s: &TestServer) -> (bool, Value) {
+    let out = licensegate()
+        .args(s.cli_args())
+        .args(["audit", "verify"])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.success(), report)
+}
+
+/// Lets the test change history as a database administrator could.
+async fn disable_append_only(s: &TestServer) {
+    let stmts: &[&str] = if backend() == "postgres" {
+        &[
+            "ALTER TABLE audit_records DISABLE TRIGGER USER",
+            "ALTER TABLE audit_checkpoints DISABLE TRIGGER USER",
+        ]
+    } else {
+        &[
+            "DROP TRIGGER audit_records_no_update",
+            "DROP TRIGGER audit_records_no_delete",
+            "DROP TRIGGER audit_checkpoints_no_update",
+            "DROP TRIGGER audit_checkpoints_no_delete",
+        ]
+    };
+    for sql in stmts {
+        sqlx::query(sql)
+            .execute(s.services.store.writer())
+            .await
+            .unwrap();
+    }
+}
+
+async fn exec(s: &TestServer, sql: &str) {
+    sqlx::query(sql)
+        .execute(s.services.store.writer())
+        .await
+        .unwrap();
+}
+
+// ---- tests --------------------------------------------------------------
+
+#[tokio::test]
+async fn every_step_is_recorded_with_its_context() {
+    let s = TestServer::start().await;
+    let lib = s.setup_library().await;
+    let regulator = s.regulator_token().await;
+    let res = s
+        .post_json(&lib.issuer, "/issuer/v1/licenses", &publication(1))
+        .await;
+    let v1: Value = res.json().await.unwrap();
+    let id = v1["identifier"].as_str().unwrap().to_owned();
+    let mut update = publication(1);
+    update["fields"]["name"] = json!("改名");
+    let body = json!({"fields": update["fields"], "valid_from": "2024-01-01", "valid_until": "2034-01-01", "reason": "更正"});
+    assert_eq!(
+        s.put_json(&lib.issuer, &format!("/issuer/v1/licenses/{id}"), &body)
+            .await
+            .status(),
+        200
+    );
+    for action in ["suspend", "reinstate", "cancel"] {
+        let res = s
+            .post_json(
+                &lib.issuer,
+                &format!("/issuer/v1/licenses/{id}/{action}"),
+                &json!({"reason": "测试"}),
+            )
+            .await;
+        assert_eq!(res.status(), 200);
+    }
+    // Refusals: no token, wrong scope, invalid content, bad client secret, refused import line.
+    let res = s
+        .http
+        .post(s.url("/issuer/v1/licenses"))
+        .header("x-request-id", "req-denied-1")
+        .json(&publication(2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.headers()["x-request-id"], "req-denied-1");
+    assert_eq!(
+        s.post_json(&lib.operator, "/issuer/v1/licenses", &publication(2))
+            .await
+            .status(),
+        403
+    );
+    let mut bad = publication(2);
+    bad["fields"]["sex"] = json!("?");
+    assert_eq!(
+        s.post_json(&lib.issuer, "/issuer/v1/licenses", &bad)
+            .await
+            .status(),
+        422
+    );
+    let res = s
+        .http
+        .post(s.url("/token"))
+        .basic_auth("op_nobody", Some("x"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let res = s
+        .http
+        .post(s.url("/issuer/v1/imports"))
+        .bearer_auth(&lib.issuer)
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    let search = |q: &str| {
+        let s = &s;
+        let regulator = regulator.clone();
+        let q = q.to_owned();
+        async move {
+            let res = s.get(&regulator, &format!("/audit/v1/records?{q}")).await;
+            assert_eq!(res.status(), 200);
+            res.json::<Value>().await.unwrap()["items"]
+                .as_array()
+                .unwrap()
+                .clone()
+        }
+    };
+    let all = search("limit=1000").await;
+    let actions: Vec<&str> = all.iter().map(|r| r["action"].as_str().unwrap()).collect();
+    for expected in [
+        "client.registered",
+        "issuer.registered",
+        "license_type.created",
+        "token.issued",
+        "license.published",
+        "license.updated",
+        "license.suspended",
+        "license.reinstated",
+        "license.cancelled",
+        "access.denied",
+        "request.refused",
+        "license.import_refused",
+    ] {
+        assert!(
+            actions.contains(&expected),
+            "{expected} recorded: {actions:?}"
+        );
+    }
+    // Gapless sequence from 1.
+    for (i, r) in all.iter().enumerate() {
+        assert_eq!(r["seq"], i as i64 + 1);
+    }
+    let published = search("action=license.published").await;
+    assert_eq!(published.len(), 1);
+    let p = &published[0];
+    assert_eq!(p["license"], id);
+    assert_eq!(p["license_type"], TYPE);
+    assert_eq!(p["actor_kind"], "issuer");
+    assert!(p["holder"].as_str().unwrap().starts_with("h_"));
+    assert_eq!(p["client_addr"], "127.0.0.1");
+    assert!(p["request_id"].as_str().is_some());
+    let denied = search("action=access.denied").await;
+    assert!(denied
+        .iter()
+        .any(|r| r["request_id"] == "req-denied-1" && r["actor_kind"] == "anonymous"));
+    assert!(denied.iter().any(|r| r["actor_kind"] == "operator"
+        && r["reason"].as_str().unwrap().contains("licenses:write")));
+    assert!(denied.iter().any(|r| r["actor_id"] == "op_nobody"
+        && r["reason"].as_str().unwrap().contains("invalid_client")));
+    let refused = search("outcome=refused&action=request.refused").await;
+    assert!(refused
+        .iter()
+        .any(|r| r["reason"].as_str().unwrap().contains("fields.sex")));
+    // Filters: by license, holder, type, time range, paging.
+    assert_eq!(search(&format!("license={id}")).await.len(), 1);
+    let holder = p["holder"].as_str().unwrap();
+    assert_eq!(search(&format!("holder={holder}")).await.len(), 5);
+    assert_eq!(
+        search(&format!("license_type={TYPE}&outcome=success"))
+            .await
+            .len(),
+        6,
+        "type created + 5 license events"
+    );
+    assert!(search("from=2099-01-01T00:00:00Z").await.is_empty());
+    let page: Value = s
+        .get(&regulator, "/audit/v1/records?limit=3")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["next_cursor"], 3);
+    let next: Value = s
+        .get(&regulator, "/audit/v1/records?limit=3&after=3")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(next["items"][0]["seq"], 4);
+    assert_eq!(
+        s.get(&regulator, "/audit/v1/records?from=yesterday")
+            .await
+            .status(),
+        400
+    );
+    // Only regulators read the log.
+    assert_eq!(
+        s.get(&lib.operator, "/audit/v1/records").await.status(),
+        403
+    );
+
+    // Verification over the API passes and is remembered.
+    sign_checkpoint(&s, &regulator).await;
+    let res = s
+        .http
+        .post(s.url("/audit/v1/verifications"))
+        .bearer_auth(&regulator)
+        .send()
+        .await
+        .unwrap();
+    let report: Value = res.json().await.unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    let latest: Value = s
+        .get(&regulator, "/audit/v1/verifications/latest")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(latest["ok"], true);
+    assert_eq!(latest["records"], report["records"]);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_database_refuses_changes_to_the_log() {
+    let s = TestServer::start().await;
+    append(&s, 3).await;
+    s.services.checkpoints.create().await.unwrap();
+    for sql in [
+        "UPDATE audit_records SET actor_id = 'x' WHERE seq = 2",
+        "DELETE FROM audit_records WHERE seq = 2",
+        "UPDATE audit_checkpoints SET root_hash = 'x'",
+        "DELETE FROM audit_checkpoints",
+    ] {
+        let e = sqlx::query(sql).execute(s.services.store.writer()).await;
+        assert!(e.is_err(), "{sql} must be refused");
+        assert!(e.unwrap_err().to_string().contains("append-only"));
+    }
+    if backend() == "postgres" {
+        assert!(sqlx::query("TRUNCATE audit_records")
+            .execute(s.services.store.writer())
+            .await
+            .is_err());
+    }
+    let (ok, report) = cli_verify(&s);
+    assert!(ok, "{report}");
+    assert_eq!(report["records"], 3);
+    s.stop().await;
+}
+
+async fn tampered(scenario: &str) -> (bool, Value, [i64; 2]) {
+    let s = TestServer::start().await;
+    let regulator = s.regulator_token().await;
+    append(&s, 20).await;
+    let first = sign_checkpoint(&s, &regulator).await;
+    append(&s, 5).await;
+    let cp = sign_checkpoint(&s, &regulator).await;
+    let sizes = [
+        first["tree_size"].as_i64().unwrap(),
+        cp["tree_size"].as_i64().unwrap(),
+    ];
+    assert!(cli_verify(&s).0, "verifies before tampering");
+    disable_append_only(&s).await;
+    match scenario {
+        "change" => {
+            exec(
+                &s,
+                "UPDATE audit_records SET reason = 'nothing happened' WHERE seq = 7",
+            )
+            .await
+        }
+        "delete" => exec(&s, "DELETE FROM audit_records WHERE seq = 7").await,
+        "swap" => {
+            let rows = s.services.store.audit_range(6, 8).await.unwrap();
+            for (to, from) in [(7, &rows[1]), (8, &rows[0])] {
+                sqlx::query("UPDATE audit_records SET reason = $1, prev_hash = $2, hash = $3 WHERE seq = $4")
+                    .bind(&from.reason)
+                    .bind(&from.prev_hash)
+                    .bind(&from.hash)
+                    .bind(to)
+                    .execute(s.services.store.writer())
+                    .await
+                    .unwrap();
+            }
+        }
+        "rewrite-chain" => {
+            // Change record 7 and recompute every hash after it: the chain is
+            // consistent again, but the signed checkpoints are not.
+            let mut rows = s.services.store.audit_range(0, 1000).await.unwrap();
+            rows[6].reason = Some("rewritten".into());
+            let mut prev = [0u8; 32];
+            for r in rows.iter_mut() {
+                r.prev_hash = licensegate::audit::hex(&prev);
+                let h = r.compute_hash(&prev);
+                r.hash = licensegate::audit::hex(&h);
+                prev = h;
+            }
+            for r in &rows[6..] {
+                sqlx::query("UPDATE audit_records SET reason = $1, prev_hash = $2, hash = $3 WHERE seq = $4")
+                    .bind(&r.reason)
+                    .bind(&r.prev_hash)
+                    .bind(&r.hash)
+                    .bind(r.seq)
+                    .execute(s.services.store.writer())
+                    .await
+                    .unwrap();
+            }
+            sqlx::query("UPDATE audit_head SET hash = $1")
+                .bind(licensegate::audit::hex(&prev))
+                .execute(s.services.store.writer())
+                .await
+                .unwrap();
+        }
+        "forge-checkpoint" => {
+            let size = cp["tree_size"].as_i64().unwrap();
+            sqlx::query("UPDATE audit_checkpoints SET root_hash = $1 WHERE tree_size = $2")
+                .bind("00".repeat(32))
+                .bind(size)
+                .execute(s.services.store.writer())
+                .await
+                .unwrap();
+        }
+        other => panic!("{other}"),
+    }
+    let (ok, report) = cli_verify(&s);
+    s.stop().await;
+    (ok, report, sizes)
+}
+
+#[tokio::test]
+async fn verify_detects_a_changed_record() {
+    let (ok, r, _) = tampered("change").await;
+    assert!(!ok);
+    assert_eq!(r["failed_at"], 7, "{r}");
+    assert!(
+        r["failure"]
+            .as_str()
+            .unwrap()
+            .contains("record 7 is changed"),
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn verify_detects_a_deleted_record() {
+    let (ok, r, _) = tampered("delete").await;
+    assert!(!ok);
+    assert_eq!(r["failed_at"], 7, "{r}");
+    assert!(
+        r["failure"]
+            .as_str()
+            .unwrap()
+            .contains("record 7 is missing"),
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn verify_detects_swapped_records() {
+    let (ok, r, _) = tampered("swap").await;
+    assert!(!ok);
+    assert_eq!(r["failed_at"], 7, "{r}");
+    assert!(r["failure"].as_str().unwrap().contains("record 7"), "{r}");
+}
+
+#[tokio::test]
+async fn verify_detects_a_rewritten_chain_through_the_checkpoints() {
+    let (ok, r, [first, _]) = tampered("rewrite-chain").await;
+    assert!(!ok);
+    assert_eq!(
+        r["failed_at"], first,
+        "the first checkpoint after the change fails: {r}"
+    );
+    assert!(
+        r["failure"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("checkpoint {first}: its root does not match")),
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn verify_detects_a_forged_checkpoint() {
+    let (ok, r, [_, second]) = tampered("forge-checkpoint").await;
+    assert!(!ok);
+    assert_eq!(r["failed_at"], second, "{r}");
+    assert!(
+        r["failure"].as_str().unwrap().contains("bad signature"),
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn proofs_verify_independently() {
+    let s = TestServer::start().await;
+    let regulator = s.regulator_token().await;
+    append(&s, 13).await;
+    let first = sign_checkpoint(&s, &regulator).await;
+    append(&s, 24).await;
+    let second = sign_checkpoint(&s, &regulator).await;
+    let (m, n) = (
+        first["tree_size"].as_u64().unwrap(),
+        second["tree_size"].as_u64().unwrap(),
+    );
+    assert!(m < n);
+    let jwks: Value = s
+        .http
+        .get(s.url("/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    checkpoint_signature_valid(&first, &jwks);
+    checkpoint_signature_valid(&second, &jwks);
+    let latest: Value = s
+        .http
+        .get(s.url("/audit/v1/checkpoints/latest"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(latest, second);
+
+    // The root recomputed from the records themselves.
+    let page: Value = s
+        .get(&regulator, "/audit/v1/records?limit=1000")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let hashes: Vec<[u8; 32]> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| unhex(r["hash"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        licensegate::audit::hex(&rfc_root(&hashes[..m as usize])),
+        first["root_hash"].as_str().unwrap()
+    );
+    assert_eq!(
+        licensegate::audit::hex(&rfc_root(&hashes[..n as usize])),
+        second["root_hash"].as_str().unwrap()
+    );
+
+    for seq in [1, 2, 7, 13, 14, n as i64] {
+        for cp in [&first, &second] {
+            let size = cp["tree_size"].as_i64().unwrap();
+            let res = s
+                .get(
+                    &regulator,
+                    &format!("/audit/v1/records/{seq}/inclusion?tree_size={size}"),
+                )
+                .await;
+            if seq > size {
+                assert_eq!(res.status(), 404);
+                continue;
+            }
+            let proof: Value = res.json().await.unwrap();
+            let path: Vec<[u8; 32]> = proof["audit_path"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| unhex(h.as_str().unwrap()))
+                .collect();
+            let leaf = unhex(proof["record_hash"].as_str().unwrap());
+            assert_eq!(leaf, hashes[seq as usize - 1]);
+            let root = unhex(cp["root_hash"].as_str().unwrap());
+            assert!(
+                rfc_verify_inclusion(&leaf, seq as u64 - 1, size as u64, &path, &root),
+                "inclusion of {seq} in {size}"
+            );
+            assert!(
+                !rfc_verify_inclusion(&leaf, seq as u64 % size as u64, size as u64, &path, &root)
+                    || size == 1
+                    || seq as u64 - 1 == seq as u64 % size as u64
+            );
+        }
+    }
+    let proof: Value = s
+        .http
+        .get(s.url(&format!(
+            "/audit/v1/proofs/consistency?first={m}&second={n}"
+        )))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let nodes: Vec<[u8; 32]> = proof["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| unhex(h.as_str().unwrap()))
+        .collect();
+    let (r1, r2) = (
+        unhex(first["root_hash"].as_str().unwrap()),
+        unhex(second["root_hash"].as_str().unwrap()),
+    );
+    assert!(rfc_verify_consistency(m, n, &r1, &r2, &nodes));
+    assert!(!rfc_verify_consistency(m, n, &r2, &r2, &nodes));
+    assert_eq!(
+        s.http
+            .get(s.url("/audit/v1/proofs/consistency?first=5&second=37"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn export_verifies_offline_and_tampering_is_named() {
+    let s = TestServer::start().await;
+    let regulator = s.regulator_token().await;
+    append(&s, 30).await;
+    let res = s.get(&regulator, "/audit/v1/export").await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "application/x-ndjson");
+    let text = res.text().await.unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let header: Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(header["type"], "header");
+    assert_eq!(header["complete"], true);
+    let dir = tempfile::tempdir().unwrap();
+    let verify = |content: String| {
+        let path = dir.path().join(format!("export-{}.jsonl", content.len()));
+        std::fs::write(&path, content).unwrap();
+        // No database flags at all: the file is verified on its own.
+        let out = licensegate()
+            .args(["audit", "verify", "--file", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let report: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.success(), report)
+    };
+    let (ok, report) = verify(text.clone());
+    assert!(ok, "{report}");
+    assert!(report["records"].as_i64().unwrap() >= 31);
+    assert!(report["checkpoints"].as_i64().unwrap() >= 1);
+
+    let first_record = lines
+        .iter()
+        .position(|l| l.contains("\"type\":\"record\""))
+        .unwrap();
+    let idx = first_record + 9; // record 10
+                                // Changed.
+    let mut changed = lines.clone();
+    let edited = changed[idx].replace("\"test.event\"", "\"other.event\"");
+    changed[idx] = &edited;
+    let (ok, r) = verify(changed.join("\n"));
+    assert!(
+        !ok && r["failure"]
+            .as_str()
+            .unwrap()
+            .contains("record 10 is changed"),
+        "{r}"
+    );
+    // Missing.
+    let mut missing = lines.clone();
+    missing.remove(idx);
+    let (ok, r) = verify(missing.join("\n"));
+    assert!(
+        !ok && r["failure"]
+            .as_str()
+            .unwrap()
+            .contains("record 10 is missing"),
+        "{r}"
+    );
+    // Reordered.
+    let mut reordered = lines.clone();
+    reordered.swap(idx, idx + 1);
+    let (ok, r) = verify(reordered.join("\n"));
+    assert!(!ok && r["failed_at"] == 10, "{r}");
+    // A checkpoint re-signed by someone else's key.
+    let cp_idx = lines
+        .iter()
+        .position(|l| l.contains("\"type\":\"checkpoint\""))
+        .unwrap();
+    let mut cp: Value = serde_json::from_str(lines[cp_idx]).unwrap();
+    cp["signature"] = json!(URL_SAFE_NO_PAD.encode([7u8; 64]));
+    let forged_line = cp.to_string();
+    let mut forged = lines.clone();
+    forged[cp_idx] = &forged_line;
+    let (ok, r) = verify(forged.join("\n"));
+    assert!(
+        !ok && r["failure"].as_str().unwrap().contains("bad signature"),
+        "{r}"
+    );
+
+    // CSV: a header row and one row per record.
+    let csv = s
+        .get(&regulator, "/audit/v1/export?format=csv")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let mut rows = csv.lines();
+    assert_eq!(
+        rows.next().unwrap(),
+        licensegate::audit::export::CSV_COLUMNS.join(",")
+    );
+    assert!(rows.count() >= 31);
+    // A filtered export is marked incomplete, and holds only matching records.
+    let filtered = s
+        .get(&regulator, "/audit/v1/export?action=test.event")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let header: Value = serde_json::from_str(filtered.lines().next().unwrap()).unwrap();
+    assert_eq!(header["complete"], false);
+    assert_eq!(
+        filtered
+            .lines()
+            .filter(|l| l.contains("\"type\":\"record\""))
+            .count(),
+        30
+    );
+    assert_eq!(
+        s.get(&regulator, "/audit/v1/export?format=xml")
+            .await
+            .status(),
+        400
+    );
+
+    // The command-line export verifies too.
+    let out_path = dir.path().join("cli.jsonl");
+    let out = licensegate()
+        .args(s.cli_args())
+        .args(["audit", "export", "--out", out_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, r) = verify(std::fs::read_to_string(&out_path).unwrap());
+    assert!(ok, "{r}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_appends_stay_gapless_and_chained() {
+    let s = TestServer::start().await;
+    let mut tasks = Vec::new();
+    for w in 0..64 {
+        let audit = s.services.audit.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..25 {
+                let e = AuditEvent::new(
+                    ActorKind::System,
+                    format!("writer-{w}"),
+                    "test.concurrent",
+                    Outcome::Success,
+                )
+                .reason(format!("{i}"));
+                seqs.push(audit.record(e).await.unwrap());
+            }
+            seqs
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    assert_eq!(
+        all,
+        (1..=1600).collect::<Vec<i64>>(),
+        "every acknowledged append has its own sequence number"
+    );
+    s.services.checkpoints.create().await.unwrap();
+    let (ok, report) = cli_verify(&s);
+    assert!(ok, "{report}");
+    assert_eq!(report["records"], 1600);
+    s.stop().await;
+}
