@@ -424,6 +424,9 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Pending>) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
+        // Let writers that were just acknowledged queue their next record, so
+        // batches fill up under load instead of committing stragglers alone.
+        tokio::task::yield_now().await;
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(p) => batch.push(p),
