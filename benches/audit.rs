@@ -63,6 +63,8 @@ async fn main() {
         .await
         .expect("app");
     let s = &app.services;
+    // As in `serve`: the holder/license index is filled in the background meanwhile.
+    let indexer = tokio::spawn(licensegate::app::audit_indexer(app.services.clone()));
     println!(
         "audit log benchmark on {} ({} cores)",
         if s.config.is_postgres() {
@@ -80,6 +82,7 @@ async fn main() {
         println!("durable appends, {writers:>4} concurrent writers (group commit): {rate:>10.0} records/s");
     }
     s.checkpoints.create().await.expect("checkpoint");
+    indexer.abort();
 
     let keys = keys_from_jwks(&s.keys.jwks(licensegate::keys::BROKER).await.expect("jwks"));
     let start = Instant::now();

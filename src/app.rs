@@ -103,6 +103,7 @@ impl App {
     ) -> Result<()> {
         let router = self.router();
         let maintenance = tokio::spawn(maintenance(self.services.clone()));
+        let indexer = tokio::spawn(audit_indexer(self.services.clone()));
         let served = axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
@@ -110,6 +111,7 @@ impl App {
         .with_graceful_shutdown(shutdown)
         .await;
         maintenance.abort();
+        indexer.abort();
         // Sign what the last requests appended, so the whole log is covered.
         if let Err(e) = self.services.checkpoints.create().await {
             tracing::warn!(error = %e, "final audit checkpoint failed");
@@ -170,5 +172,18 @@ async fn maintenance(services: AppState) {
                 tracing::warn!(error = %e, "pruning used assertions failed");
             }
         }
+    }
+}
+
+/// Keeps the audit log's holder and license index close behind the log, in
+/// large batches (searches scan whatever it has not reached yet).
+pub async fn audit_indexer(services: AppState) {
+    loop {
+        match services.store.index_audit_subjects(20_000).await {
+            Ok(n) if n >= 20_000 => continue,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "indexing the audit log failed"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

@@ -870,3 +870,85 @@ async fn concurrent_appends_stay_gapless_and_chained() {
     assert_eq!(report["records"], 1600);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn holder_and_license_search_spans_the_index_and_its_tail() {
+    let s = TestServer::start().await;
+    let regulator = s.regulator_token().await;
+    let rec = |holder: &str, license: &str| {
+        AuditEvent::new(
+            ActorKind::Entity,
+            "ent_x",
+            "license.retrieved",
+            Outcome::Success,
+        )
+        .holder(holder)
+        .license(license)
+    };
+    for i in 0..10 {
+        s.services
+            .audit
+            .record(rec(&format!("h_{}", i % 3), &format!("L{}", i % 4)))
+            .await
+            .unwrap();
+    }
+    // Index what is there, then append more that the index has not reached.
+    let indexed = s.services.store.index_audit_subjects(1000).await.unwrap();
+    assert!(indexed >= 10);
+    assert_eq!(
+        s.services.store.index_audit_subjects(1000).await.unwrap(),
+        0,
+        "nothing left to index"
+    );
+    for i in 10..20 {
+        s.services
+            .audit
+            .record(rec(&format!("h_{}", i % 3), &format!("L{}", i % 4)))
+            .await
+            .unwrap();
+    }
+    let seqs = |q: String| {
+        let s = &s;
+        let regulator = regulator.clone();
+        async move {
+            let page: Value = s
+                .get(&regulator, &format!("/audit/v1/records?{q}"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["seq"].as_i64().unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+    let all = seqs("action=license.retrieved&limit=1000".into()).await;
+    assert_eq!(all.len(), 20);
+    let expect = |pred: &dyn Fn(usize) -> bool| {
+        all.iter()
+            .enumerate()
+            .filter(|(i, _)| pred(*i))
+            .map(|(_, s)| *s)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(seqs("holder=h_1".into()).await, expect(&|i| i % 3 == 1));
+    assert_eq!(seqs("license=L2".into()).await, expect(&|i| i % 4 == 2));
+    assert_eq!(
+        seqs("holder=h_0&license=L0".into()).await,
+        expect(&|i| i % 3 == 0 && i % 4 == 0)
+    );
+    // Paging through a holder's records crosses from the index into the tail.
+    let first: Value = s
+        .get(&regulator, "/audit/v1/records?holder=h_1&limit=2")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let cursor = first["next_cursor"].as_i64().unwrap();
+    let rest = seqs(format!("holder=h_1&after={cursor}")).await;
+    assert_eq!(rest, expect(&|i| i % 3 == 1)[2..].to_vec());
+    s.stop().await;
+}

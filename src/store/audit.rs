@@ -259,16 +259,31 @@ impl Store {
     }
 
     /// Records matching `f`, in sequence order, at most `limit`.
+    ///
+    /// Holder and license filters go through `audit_subject_index` for the
+    /// records it covers and scan the short tail it does not cover yet.
     pub async fn audit_records(&self, f: &AuditFilter, limit: i64) -> Result<Vec<AuditRecord>> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM audit_records
-             WHERE ($1 IS NULL OR time >= $1) AND ($2 IS NULL OR time < $2) AND ($3 IS NULL OR actor_id = $3)
+        let conds = "($1 IS NULL OR time >= $1) AND ($2 IS NULL OR time < $2) AND ($3 IS NULL OR actor_id = $3)
                AND ($4 IS NULL OR holder = $4) AND ($5 IS NULL OR license = $5) AND ($6 IS NULL OR license_type = $6)
                AND ($7 IS NULL OR action = $7) AND ($8 IS NULL OR outcome = $8)
-               AND ($9 IS NULL OR seq > $9) AND ($10 IS NULL OR seq <= $10)
-             ORDER BY seq LIMIT $11"
-        );
-        sqlx::query(&sql)
+               AND ($9 IS NULL OR seq > $9) AND ($10 IS NULL OR seq <= $10)";
+        let subject = match (&f.holder, &f.license) {
+            (Some(h), _) => Some(format!("h:{h}")),
+            (None, Some(l)) => Some(format!("l:{l}")),
+            (None, None) => None,
+        };
+        let sql = match subject {
+            None => format!("SELECT {COLUMNS} FROM audit_records WHERE {conds} ORDER BY seq LIMIT $11"),
+            Some(_) => format!(
+                "SELECT {COLUMNS} FROM (
+                    SELECT {COLUMNS} FROM audit_records WHERE {conds}
+                      AND seq IN (SELECT seq FROM audit_subject_index WHERE subject = $12 AND seq <= $13)
+                    UNION ALL
+                    SELECT {COLUMNS} FROM audit_records WHERE {conds} AND seq > $13
+                 ) AS matched ORDER BY seq LIMIT $11"
+            ),
+        };
+        let mut q = sqlx::query(&sql)
             .bind(&f.from)
             .bind(&f.to)
             .bind(&f.actor)
@@ -279,12 +294,75 @@ impl Store {
             .bind(&f.outcome)
             .bind(f.after)
             .bind(f.until_seq)
-            .bind(limit)
-            .fetch_all(self.reader())
+            .bind(limit);
+        if let Some(subject) = subject {
+            let upto: i64 = col(
+                &sqlx::query("SELECT indexed_upto FROM audit_index_state WHERE id = 1")
+                    .fetch_one(self.reader())
+                    .await?,
+                "indexed_upto",
+            )?;
+            q = q.bind(subject).bind(upto);
+        }
+        q.fetch_all(self.reader())
             .await?
             .iter()
             .map(record_from_row)
             .collect()
+    }
+
+    /// Adds up to `max` not yet indexed records to `audit_subject_index`;
+    /// returns how many records it covered. Several nodes may run this: the
+    /// state row lock makes them take turns.
+    pub async fn index_audit_subjects(&self, max: i64) -> Result<i64> {
+        let mut tx = self.writer().begin().await?;
+        sqlx::query("UPDATE audit_index_state SET indexed_upto = indexed_upto WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
+        let upto: i64 = col(
+            &sqlx::query("SELECT indexed_upto FROM audit_index_state WHERE id = 1")
+                .fetch_one(&mut *tx)
+                .await?,
+            "indexed_upto",
+        )?;
+        let rows = sqlx::query(
+            "SELECT seq, holder, license FROM audit_records WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(upto)
+        .bind(max)
+        .fetch_all(&mut *tx)
+        .await?;
+        let Some(last) = rows.last().map(|r| col::<i64>(r, "seq")).transpose()? else {
+            return Ok(0);
+        };
+        let mut entries: Vec<(String, i64)> = Vec::with_capacity(rows.len() * 2);
+        for r in &rows {
+            let seq: i64 = col(r, "seq")?;
+            if let Some(h) = col::<Option<String>>(r, "holder")? {
+                entries.push((format!("h:{h}"), seq));
+            }
+            if let Some(l) = col::<Option<String>>(r, "license")? {
+                entries.push((format!("l:{l}"), seq));
+            }
+        }
+        // Sorted, so each batch walks the index once from left to right.
+        entries.sort();
+        let payload = serde_json::to_string(&entries).map_err(Error::internal)?;
+        let sql = match self.backend() {
+            super::Backend::Sqlite => {
+                "INSERT INTO audit_subject_index (subject, seq) SELECT value ->> 0, value ->> 1 FROM json_each($1) WHERE true ON CONFLICT DO NOTHING"
+            }
+            super::Backend::Postgres => {
+                "INSERT INTO audit_subject_index (subject, seq) SELECT r ->> 0, (r ->> 1)::bigint FROM jsonb_array_elements($1::jsonb) AS r ON CONFLICT DO NOTHING"
+            }
+        };
+        sqlx::query(sql).bind(payload).execute(&mut *tx).await?;
+        sqlx::query("UPDATE audit_index_state SET indexed_upto = $1 WHERE id = 1")
+            .bind(last)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(rows.len() as i64)
     }
 
     /// Every record with `after < seq <= until`, in order, unfiltered (the
