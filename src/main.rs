@@ -85,9 +85,23 @@ enum AuditCommand {
         /// An export made with `audit export` or GET /audit/v1/export.
         #[arg(long)]
         file: Option<PathBuf>,
+        /// An archive directory made by `audit archive`: verifies every segment
+        /// as one chain, without a database.
+        #[arg(long, conflicts_with = "file")]
+        archive: Option<PathBuf>,
         /// JWKS to verify checkpoint signatures with (instead of the keys in the file).
         #[arg(long)]
         jwks: Option<PathBuf>,
+    },
+    /// Write every record of past months not archived yet into immutable
+    /// monthly segment files with a manifest, for long-term (20-year) storage.
+    Archive {
+        /// Archive directory (created if needed; extended on later runs).
+        #[arg(long)]
+        out: PathBuf,
+        /// Archive records older than this RFC 3339 time [default: start of this month].
+        #[arg(long)]
+        until: Option<String>,
     },
     /// Sign a checkpoint over everything recorded so far and print it.
     Checkpoint,
@@ -162,12 +176,27 @@ fn read_json(path: &std::path::Path) -> licensegate::Result<serde_json::Value> {
 }
 
 async fn run(command: Command, config: Config) -> licensegate::Result<ExitCode> {
-    // Verifying an export needs no database.
+    // Verifying an export or an archive needs no database.
     if let Command::Audit {
-        command: AuditCommand::Verify {
-            file: Some(file),
-            jwks,
-        },
+        command:
+            AuditCommand::Verify {
+                archive: Some(dir),
+                jwks,
+                ..
+            },
+    } = &command
+    {
+        let trusted = jwks.as_deref().map(read_json).transpose()?;
+        let report = licensegate::audit::archive::verify_archive(dir, trusted.as_ref())?;
+        return Ok(print_report(&report));
+    }
+    if let Command::Audit {
+        command:
+            AuditCommand::Verify {
+                file: Some(file),
+                jwks,
+                ..
+            },
     } = &command
     {
         let trusted = jwks.as_deref().map(read_json).transpose()?;
@@ -268,6 +297,14 @@ async fn audit_command(app: &App, command: AuditCommand) -> licensegate::Result<
                 })
                 .await?;
             Ok(print_report(&report))
+        }
+        AuditCommand::Archive { out, until } => {
+            let added = licensegate::audit::archive::archive(services, &out, until).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&added).unwrap_or_default()
+            );
+            Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Checkpoint => {
             let cp = services.checkpoints.create().await?;

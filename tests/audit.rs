@@ -952,3 +952,76 @@ async fn holder_and_license_search_spans_the_index_and_its_tail() {
     assert_eq!(rest, expect(&|i| i % 3 == 1)[2..].to_vec());
     s.stop().await;
 }
+
+#[tokio::test]
+async fn monthly_archive_segments_verify_as_one_chain() {
+    let s = TestServer::start().await;
+    append(&s, 40).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("archive");
+    let until = (time::OffsetDateTime::now_utc() + time::Duration::hours(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let archive = || {
+        let o = licensegate()
+            .args(s.cli_args())
+            .args([
+                "audit",
+                "archive",
+                "--out",
+                out.to_str().unwrap(),
+                "--until",
+                &until,
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()
+    };
+    let verify_archive = || {
+        let o = licensegate()
+            .args(["audit", "verify", "--archive", out.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            serde_json::from_slice::<Value>(&o.stdout).unwrap(),
+        )
+    };
+    let first = archive();
+    assert_eq!(first.as_array().unwrap().len(), 1);
+    assert_eq!(first[0]["first_seq"], 1);
+    append(&s, 10).await;
+    let second = archive();
+    assert_eq!(second.as_array().unwrap().len(), 1, "only what is new");
+    assert_eq!(
+        second[0]["first_seq"].as_i64().unwrap(),
+        first[0]["last_seq"].as_i64().unwrap() + 1
+    );
+    assert_eq!(
+        archive().as_array().unwrap().len(),
+        0,
+        "nothing new: nothing written"
+    );
+    let (ok, report) = verify_archive();
+    assert!(ok, "{report}");
+    assert_eq!(report["records"], second[0]["last_seq"]);
+    assert!(report["checkpoints"].as_i64().unwrap() >= 1);
+
+    // A changed segment is named.
+    let file = out.join(first[0]["file"].as_str().unwrap());
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replacen("test.event", "test.evenT", 1);
+    std::fs::write(&file, text).unwrap();
+    let (ok, report) = verify_archive();
+    assert!(!ok);
+    assert!(
+        report["failure"]
+            .as_str()
+            .unwrap()
+            .contains(first[0]["file"].as_str().unwrap()),
+        "{report}"
+    );
+    s.stop().await;
+}

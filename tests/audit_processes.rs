@@ -26,8 +26,13 @@ async fn shared_db(dir: &std::path::Path) -> Vec<String> {
     args
 }
 
+#[allow(clippy::zombie_processes)] // every caller kills and waits for the node
 async fn start_node(db: &[String]) -> Node {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let child = licensegate()
         .args(db)
         .args(["--listen", &format!("127.0.0.1:{port}"), "serve"])
@@ -47,21 +52,41 @@ async fn start_node(db: &[String]) -> Node {
 }
 
 fn create_client(db: &[String]) -> (String, String) {
-    let out = licensegate().args(db).args(["create-client", "--role", "operator", "--name", "load"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = licensegate()
+        .args(db)
+        .args(["create-client", "--role", "operator", "--name", "load"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let c: Value = serde_json::from_slice(&out.stdout).unwrap();
-    (c["client_id"].as_str().unwrap().to_owned(), c["client_secret"].as_str().unwrap().to_owned())
+    (
+        c["client_id"].as_str().unwrap().to_owned(),
+        c["client_secret"].as_str().unwrap().to_owned(),
+    )
 }
 
 /// Token requests from `workers` tasks per node until `stop`; returns the jti of every acknowledged token.
-async fn load(bases: Vec<String>, creds: (String, String), workers: usize, duration: Duration) -> Vec<String> {
+async fn load(
+    bases: Vec<String>,
+    creds: (String, String),
+    workers: usize,
+    duration: Duration,
+) -> Vec<String> {
     let acked = Arc::new(Mutex::new(Vec::new()));
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
     let deadline = Instant::now() + duration;
     let mut tasks = Vec::new();
     for base in bases {
         for _ in 0..workers {
-            let (http, acked, base, creds) = (http.clone(), acked.clone(), base.clone(), creds.clone());
+            let (http, acked, base, creds) =
+                (http.clone(), acked.clone(), base.clone(), creds.clone());
             tasks.push(tokio::spawn(async move {
                 while Instant::now() < deadline {
                     let res = http
@@ -74,8 +99,13 @@ async fn load(bases: Vec<String>, creds: (String, String), workers: usize, durat
                     if res.status() != 200 {
                         break;
                     }
-                    let Ok(body) = res.json::<Value>().await else { break };
-                    let jti = jwt_part(body["access_token"].as_str().unwrap(), 1)["jti"].as_str().unwrap().to_owned();
+                    let Ok(body) = res.json::<Value>().await else {
+                        break;
+                    };
+                    let jti = jwt_part(body["access_token"].as_str().unwrap(), 1)["jti"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned();
                     acked.lock().unwrap().push(jti);
                 }
             }));
@@ -89,8 +119,13 @@ async fn load(bases: Vec<String>, creds: (String, String), workers: usize, durat
 }
 
 fn verify(db: &[String]) -> Value {
-    let out = licensegate().args(db).args(["audit", "verify"]).output().unwrap();
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    let out = licensegate()
+        .args(db)
+        .args(["audit", "verify"])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
     assert!(out.status.success(), "chain verifies: {report}");
     report
 }
@@ -98,8 +133,16 @@ fn verify(db: &[String]) -> Value {
 /// Every `token.issued` record's jti, from a full export.
 fn issued_jtis(db: &[String], dir: &std::path::Path) -> Vec<String> {
     let file = dir.join(format!("export-{}.jsonl", std::process::id()));
-    let out = licensegate().args(db).args(["audit", "export", "--out", file.to_str().unwrap()]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = licensegate()
+        .args(db)
+        .args(["audit", "export", "--out", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut seqs = Vec::new();
     let mut jtis = Vec::new();
     for line in std::fs::read_to_string(&file).unwrap().lines() {
@@ -128,21 +171,39 @@ async fn sigkill_under_load_loses_no_acknowledged_record() {
     node.child.kill().unwrap(); // SIGKILL
     node.child.wait().unwrap();
     let acked = load.await.unwrap();
-    assert!(acked.len() > 100, "the load got going ({} tokens)", acked.len());
+    assert!(
+        acked.len() > 100,
+        "the load got going ({} tokens)",
+        acked.len()
+    );
 
     let report = verify(&db);
-    let recorded: std::collections::HashSet<String> = issued_jtis(&db, dir.path()).into_iter().collect();
+    let recorded: std::collections::HashSet<String> =
+        issued_jtis(&db, dir.path()).into_iter().collect();
     let lost: Vec<&String> = acked.iter().filter(|j| !recorded.contains(*j)).collect();
-    assert!(lost.is_empty(), "{} acknowledged tokens have no audit record", lost.len());
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged tokens have no audit record",
+        lost.len()
+    );
     assert!(report["records"].as_i64().unwrap() >= acked.len() as i64);
 
     // The restarted server carries on the same chain.
     let node = start_node(&db).await;
     let creds = create_client(&db);
-    let more = self::load(vec![node.base.clone()], creds, 4, Duration::from_millis(300)).await;
+    let more = self::load(
+        vec![node.base.clone()],
+        creds,
+        4,
+        Duration::from_millis(300),
+    )
+    .await;
     assert!(!more.is_empty());
     let mut child = node.child;
-    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     child.wait().unwrap();
     verify(&db);
 }
@@ -154,15 +215,31 @@ async fn two_nodes_append_to_one_chain() {
     let creds = create_client(&db);
     let a = start_node(&db).await;
     let b = start_node(&db).await;
-    let acked = load(vec![a.base.clone(), b.base.clone()], creds, 16, Duration::from_secs(2)).await;
+    let acked = load(
+        vec![a.base.clone(), b.base.clone()],
+        creds,
+        16,
+        Duration::from_secs(2),
+    )
+    .await;
     assert!(acked.len() > 100);
     for node in [a, b] {
         let mut child = node.child;
-        std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(child.wait().unwrap().success());
     }
     let report = verify(&db);
     let recorded = issued_jtis(&db, dir.path());
-    assert_eq!(recorded.len(), acked.len(), "one record per token, none lost, none doubled");
-    assert!(report["checkpoints"].as_i64().unwrap() >= 1, "the nodes signed checkpoints: {report}");
+    assert_eq!(
+        recorded.len(),
+        acked.len(),
+        "one record per token, none lost, none doubled"
+    );
+    assert!(
+        report["checkpoints"].as_i64().unwrap() >= 1,
+        "the nodes signed checkpoints: {report}"
+    );
 }

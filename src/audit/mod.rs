@@ -24,6 +24,7 @@
 //! records inside their own transaction ([`append_in`]) so the change and its
 //! record commit together.
 
+pub mod archive;
 pub mod checkpoint;
 pub mod export;
 pub mod merkle;

@@ -56,7 +56,7 @@ impl Verifier {
         }
     }
 
-    fn fail(&mut self, at: i64, why: String) {
+    pub(crate) fn fail(&mut self, at: i64, why: String) {
         if self.failure.is_none() {
             self.failure = Some((at, why));
         }
