@@ -186,18 +186,31 @@ pub async fn verify_store(
     let head = store.audit_head().await?;
     let fetch = |after: i64| {
         let store = store.clone();
-        tokio::spawn(async move { store.audit_range_json(after, after + PAGE).await })
+        tokio::spawn(async move { store.audit_page_json(after, after + PAGE).await })
     };
     let mut v = Verifier::new(checkpoints, keys);
     let mut after = 0;
     let mut pending = fetch(after);
     loop {
-        let page = pending.await.map_err(Error::internal)??;
-        let Some(last) = page
-            .last()
-            .map(|r| crate::store::audit::decode_record_json(r).map(|r| r.seq))
-            .transpose()?
-        else {
+        let text = pending.await.map_err(Error::internal)??;
+        // Windows are contiguous, so the next one can be fetched while this one is checked.
+        let upcoming = fetch(after + PAGE);
+        let page;
+        (v, page) = tokio::task::spawn_blocking(move || {
+            let page = crate::store::audit::decode_page_json(&text);
+            if let Ok(records) = &page {
+                for r in records {
+                    v.push(r);
+                    if v.failed() {
+                        break;
+                    }
+                }
+            }
+            (v, page.map(|p| p.last().map(|r| r.seq)))
+        })
+        .await
+        .map_err(Error::internal)?;
+        let Some(last) = page? else {
             // Nothing in this window: records further on would be ones nobody chained.
             let beyond = store
                 .audit_records(
@@ -208,6 +221,7 @@ pub async fn verify_store(
                     1,
                 )
                 .await?;
+            upcoming.abort();
             match beyond.first() {
                 Some(r) => {
                     after = r.seq - 1;
@@ -217,22 +231,9 @@ pub async fn verify_store(
                 None => break,
             }
         };
-        after = last.max(after + PAGE);
-        pending = fetch(after);
-        v = tokio::task::spawn_blocking(move || {
-            for text in &page {
-                match crate::store::audit::decode_record_json(text) {
-                    Ok(r) => v.push(&r),
-                    Err(_) => v.fail(0, "a record cannot be decoded".into()),
-                }
-                if v.failed() {
-                    break;
-                }
-            }
-            v
-        })
-        .await
-        .map_err(Error::internal)?;
+        debug_assert!(last <= after + PAGE);
+        after += PAGE;
+        pending = upcoming;
         if v.failed() {
             break;
         }
