@@ -218,10 +218,8 @@ impl Store {
     /// UPDATE takes the row lock on PostgreSQL and the write lock on SQLite
     /// before anything is read, so two appenders never see the same head.
     pub async fn lock_audit_head(conn: &mut AnyConnection) -> Result<Head> {
-        sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1")
-            .execute(&mut *conn)
-            .await?;
-        let row = sqlx::query("SELECT seq, hash, frontier FROM audit_head WHERE id = 1")
+        // One round trip: the no-op UPDATE takes the lock, RETURNING reads the head.
+        let row = sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash, frontier")
             .fetch_one(&mut *conn)
             .await?;
         head_from_row(&row)
