@@ -40,28 +40,14 @@ pub struct AccessClaims {
     /// The issuing unit an issuer client acts for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuing_unit: Option<String>,
+    /// The client's role (operator, issuer, entity, regulator).
+    pub role: super::Role,
 }
 
 impl AccessClaims {
     /// The audit actor of this token's client.
     pub fn actor(&self) -> crate::audit::Actor {
-        use crate::audit::{Actor, ActorKind};
-        // Scopes say the role: licenses:write only issuers, audit:read only regulators.
-        let kind = if self.issuing_unit.is_some() {
-            ActorKind::Issuer
-        } else if self.has_scope(super::scope::AUDIT_READ) {
-            ActorKind::Regulator
-        } else if self.has_scope(super::scope::CATALOG_WRITE)
-            || self.has_scope(super::scope::CLIENTS_WRITE)
-        {
-            ActorKind::Operator
-        } else {
-            ActorKind::Entity
-        };
-        Actor {
-            kind,
-            id: self.client_id.clone(),
-        }
+        crate::audit::Actor::client(self.role, &self.client_id)
     }
 
     /// Whether the token carries `scope`.
@@ -101,6 +87,7 @@ impl AccessTokens {
             jti: random_token(16)?,
             scope,
             issuing_unit: client.issuer_id.clone(),
+            role: client.role,
         };
         Ok((key.sign_jws(AT_TYP, &claims)?, claims))
     }

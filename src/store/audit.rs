@@ -219,9 +219,11 @@ impl Store {
     /// before anything is read, so two appenders never see the same head.
     pub async fn lock_audit_head(conn: &mut AnyConnection) -> Result<Head> {
         // One round trip: the no-op UPDATE takes the lock, RETURNING reads the head.
-        let row = sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash, frontier")
-            .fetch_one(&mut *conn)
-            .await?;
+        let row = sqlx::query(
+            "UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash, frontier",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
         head_from_row(&row)
     }
 
