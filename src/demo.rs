@@ -129,7 +129,8 @@ const HOSPITALS: &[&str] = &[
     "上海市第六人民医院",
 ];
 
-fn issuers() -> Vec<Issuer> {
+/// The demo issuing units.
+pub fn issuers() -> Vec<Issuer> {
     let unit = |body: &str, name: &str, name_en: &str| Issuer {
         id: uscc(body),
         name: name.into(),
@@ -177,7 +178,7 @@ fn enum_field(key: &str, label: &str, label_en: &str, values: &[&str], sensitivi
 }
 
 /// The demo catalog; `units` are the issuers in the order of [`issuers`].
-fn catalog(units: &[Issuer]) -> Result<Vec<LicenseTypeSpec>> {
+pub fn catalog(units: &[Issuer]) -> Result<Vec<LicenseTypeSpec>> {
     let (police, market, health, transport) =
         (&units[0].id, &units[1].id, &units[2].id, &units[3].id);
     let specs = json!([

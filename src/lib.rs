@@ -20,6 +20,7 @@ pub mod http;
 pub mod keys;
 pub mod licenses;
 pub mod oauth;
+pub mod policy;
 pub mod store;
 pub mod telemetry;
 
