@@ -30,6 +30,8 @@ pub struct Services {
     pub audit: Arc<AuditLog>,
     /// Signed checkpoints and proofs over the audit log.
     pub checkpoints: Checkpoints,
+    /// The Cedar policies in force.
+    pub policies: crate::policy::Policies,
     /// The license library.
     pub library: Library,
     /// OAuth clients.
@@ -62,6 +64,9 @@ impl App {
         let keys = Arc::new(KeyRing::new(store.clone(), sealer.clone()));
         // Make sure the broker has a signing key before the first request.
         keys.active(BROKER).await?;
+        // Invalid policies stop the start: nothing may run on rules that do not check.
+        let policies = crate::policy::Policies::load(&config.policy_dir)
+            .map_err(|e| Error::BadRequest(format!("invalid policies: {e}")))?;
         let audit = AuditLog::start(store.clone());
         let services = Services {
             library: Library::new(
@@ -73,6 +78,7 @@ impl App {
             ),
             clients: Clients::new(store.clone(), sealer, audit.clone(), &config.public_url),
             checkpoints: Checkpoints::new(store.clone(), keys.clone(), config.public_url.clone()),
+            policies,
             audit,
             tokens: AccessTokens::new(
                 keys.clone(),
@@ -87,6 +93,47 @@ impl App {
         Ok(App {
             services: Arc::new(services),
         })
+    }
+
+    /// Reloads the policies from disk (admin API, SIGHUP); the old set stays
+    /// in force if the new one is invalid. Every attempt is audited.
+    pub async fn reload_policies(
+        services: &Services,
+        actor: &crate::audit::Actor,
+    ) -> Result<usize> {
+        use crate::audit::Outcome;
+        match services.policies.reload() {
+            Ok(n) => {
+                services
+                    .audit
+                    .record(
+                        actor
+                            .event("policy.loaded", Outcome::Success)
+                            .reason(format!(
+                                "{n} policies from {}",
+                                services.policies.dir().display()
+                            )),
+                    )
+                    .await?;
+                tracing::info!(policies = n, "policies reloaded");
+                Ok(n)
+            }
+            Err(e) => {
+                services
+                    .audit
+                    .record(
+                        actor
+                            .event("policy.loaded", Outcome::Refused)
+                            .reason(e.to_string()),
+                    )
+                    .await?;
+                tracing::error!(error = %e, "policy reload refused; the previous policies stay in force");
+                Err(Error::Invalid {
+                    detail: format!("the policies were not reloaded: {e}"),
+                    errors: Vec::new(),
+                })
+            }
+        }
     }
 
     /// The HTTP router.
@@ -104,6 +151,7 @@ impl App {
         let router = self.router();
         let maintenance = tokio::spawn(maintenance(self.services.clone()));
         let indexer = tokio::spawn(audit_indexer(self.services.clone()));
+        let hangups = tokio::spawn(reload_on_sighup(self.services.clone()));
         let served = axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
@@ -112,6 +160,7 @@ impl App {
         .await;
         maintenance.abort();
         indexer.abort();
+        hangups.abort();
         // Sign what the last requests appended, so the whole log is covered.
         if let Err(e) = self.services.checkpoints.create().await {
             tracing::warn!(error = %e, "final audit checkpoint failed");
@@ -189,5 +238,15 @@ pub async fn audit_indexer(services: AppState) {
             Err(e) => tracing::warn!(error = %e, "indexing the audit log failed"),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// SIGHUP reloads the policies without dropping requests.
+async fn reload_on_sighup(services: AppState) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let _ = App::reload_policies(&services, &crate::audit::Actor::system("sighup")).await;
     }
 }

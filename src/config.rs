@@ -59,6 +59,9 @@ pub struct Settings {
     /// Requests taking longer than this many seconds are cut off with 408 [default: 30].
     #[arg(long, env = "LICENSEGATE_REQUEST_TIMEOUT", global = true)]
     pub request_timeout: Option<u64>,
+    /// Directory of the Cedar schema and policies [default: ./policies].
+    #[arg(long, env = "LICENSEGATE_POLICY_DIR", global = true)]
+    pub policy_dir: Option<PathBuf>,
     /// Seconds between signed audit checkpoints [default: 10].
     #[arg(long, env = "LICENSEGATE_CHECKPOINT_INTERVAL", global = true)]
     pub checkpoint_interval: Option<u64>,
@@ -96,6 +99,8 @@ pub struct Config {
     pub db_max_connections: u32,
     /// Seconds between signed audit checkpoints.
     pub checkpoint_interval: u64,
+    /// Directory of the Cedar schema and policies.
+    pub policy_dir: PathBuf,
 }
 
 impl Config {
@@ -147,6 +152,10 @@ impl Config {
                 .or(file.max_import_bytes)
                 .unwrap_or(32 << 20),
             request_timeout: over.request_timeout.or(file.request_timeout).unwrap_or(30),
+            policy_dir: over
+                .policy_dir
+                .or(file.policy_dir)
+                .unwrap_or_else(|| PathBuf::from("policies")),
             checkpoint_interval: over
                 .checkpoint_interval
                 .or(file.checkpoint_interval)

@@ -15,6 +15,7 @@ pub mod app;
 pub mod audit;
 pub mod config;
 pub mod demo;
+pub mod entities;
 pub mod error;
 pub mod http;
 pub mod keys;

@@ -57,6 +57,11 @@ enum Command {
         #[arg(long)]
         issuer: String,
     },
+    /// The Cedar policies.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// The audit log: verify, checkpoint, export.
     Audit {
         #[command(subcommand)]
@@ -74,6 +79,13 @@ enum Command {
         #[arg(long)]
         issuer: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate the schema and every policy in the policy directory; prints
+    /// the first problem as FILE:LINE: message and exits 1.
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -176,6 +188,27 @@ fn read_json(path: &std::path::Path) -> licensegate::Result<serde_json::Value> {
 }
 
 async fn run(command: Command, config: Config) -> licensegate::Result<ExitCode> {
+    if let Command::Policy {
+        command: PolicyCommand::Check,
+    } = &command
+    {
+        return Ok(
+            match licensegate::policy::PolicyEngine::load(&config.policy_dir) {
+                Ok(engine) => {
+                    println!(
+                        "{} policies in {} are valid",
+                        engine.len(),
+                        config.policy_dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            },
+        );
+    }
     // Verifying an export or an archive needs no database.
     if let Command::Audit {
         command:
@@ -246,6 +279,7 @@ async fn run(command: Command, config: Config) -> licensegate::Result<ExitCode> 
             }
         }
         Command::Audit { command } => return audit_command(&app, command).await,
+        Command::Policy { .. } => {}
         Command::CreateClient { name, role, issuer } => {
             let role = Role::parse(&role).map_err(|_| {
                 licensegate::Error::BadRequest(

@@ -533,6 +533,25 @@ async fn operability_routes() {
         ("get", "/audit/v1/export"),
         ("post", "/audit/v1/verifications"),
         ("get", "/audit/v1/verifications/latest"),
+        ("post", "/entities/v1/applications"),
+        ("get", "/admin/v1/entities"),
+        ("get", "/admin/v1/entities/{id}"),
+        ("post", "/admin/v1/entities/{id}/approve"),
+        ("post", "/admin/v1/entities/{id}/reject"),
+        ("post", "/admin/v1/entities/{id}/suspend"),
+        ("post", "/admin/v1/entities/{id}/reinstate"),
+        ("post", "/admin/v1/entities/{id}/credentials/rotate"),
+        ("put", "/admin/v1/entities/{id}/scenarios/{purpose}"),
+        (
+            "post",
+            "/admin/v1/entities/{id}/scenarios/{purpose}/approve",
+        ),
+        (
+            "post",
+            "/admin/v1/entities/{id}/scenarios/{purpose}/withdraw",
+        ),
+        ("post", "/admin/v1/decisions"),
+        ("post", "/admin/v1/policies/reload"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
@@ -541,7 +560,7 @@ async fn operability_routes() {
     }
     let documented: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
     assert_eq!(
-        documented, 33,
+        documented, 46,
         "every documented operation is in the list above"
     );
     s.stop().await;

@@ -211,6 +211,12 @@ impl AuditEvent {
         self
     }
 
+    /// With the purpose.
+    pub fn purpose(mut self, v: impl Into<String>) -> Self {
+        self.purpose = Some(v.into());
+        self
+    }
+
     /// With a reason.
     pub fn reason(mut self, v: impl Into<String>) -> Self {
         self.reason = Some(v.into());

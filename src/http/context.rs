@@ -33,9 +33,16 @@ impl ActorSlot {
 /// Routes whose refusals are audited: everything that takes a credential.
 /// Public reads (catalog, keys, health, metrics, documentation) are not.
 fn audited(path: &str) -> bool {
-    ["/token", "/admin/", "/issuer/", "/audit/", "/api/"]
-        .iter()
-        .any(|p| path.starts_with(p))
+    [
+        "/token",
+        "/admin/",
+        "/issuer/",
+        "/audit/",
+        "/api/",
+        "/entities/",
+    ]
+    .iter()
+    .any(|p| path.starts_with(p))
 }
 
 fn valid_request_id(id: &str) -> bool {

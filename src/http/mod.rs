@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod context;
+pub mod entities;
 pub mod issuer;
 pub mod oauth;
 pub mod ops;
@@ -41,6 +42,7 @@ pub struct ApiJson<T>(pub T);
         (name = "catalog", description = "The license catalog and issuing units (public)"),
         (name = "admin", description = "Operator API"),
         (name = "issuer", description = "Issuing-unit API: publish and manage licenses"),
+        (name = "entities", description = "Entities, use lists, policy decisions"),
         (name = "audit", description = "Tamper-evident audit log: checkpoints, proofs, search, export, verification"),
         (name = "ops", description = "Health, readiness, metrics")
     )
@@ -78,6 +80,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(issuer::router(config.max_import_bytes))
         .merge(ops::router())
         .merge(audit::router())
+        .merge(entities::router())
         .split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     // Every app in a process builds the same document; the first one is kept.

@@ -86,6 +86,23 @@ impl Clients {
 
     /// Registers a client. Issuers must name an existing issuing unit.
     pub async fn create(&self, actor: &Actor, req: NewClient) -> Result<CreatedClient> {
+        let prefix = match req.role {
+            Role::Operator => "op",
+            Role::Issuer => "iss",
+            Role::Entity => "ent",
+            Role::Regulator => "reg",
+        };
+        let client_id = format!("{prefix}_{}", random_token(12)?);
+        self.create_with_id(actor, client_id, req).await
+    }
+
+    /// Registers a client under a given id (an approved entity's client id is its entity id).
+    pub async fn create_with_id(
+        &self,
+        actor: &Actor,
+        client_id: String,
+        req: NewClient,
+    ) -> Result<CreatedClient> {
         if req.name.trim().is_empty() || req.name.chars().count() > 200 {
             return Err(Error::invalid_field("name", "must be 1-200 characters"));
         }
@@ -112,13 +129,6 @@ impl Clients {
             (_, None) => {}
         }
         let jwks = req.jwks.as_ref().map(validate_jwks).transpose()?;
-        let prefix = match req.role {
-            Role::Operator => "op",
-            Role::Issuer => "iss",
-            Role::Entity => "ent",
-            Role::Regulator => "reg",
-        };
-        let client_id = format!("{prefix}_{}", random_token(12)?);
         let secret = match jwks {
             Some(_) => None,
             None => Some(format!("lgs_{}", random_token(32)?)),
@@ -131,6 +141,7 @@ impl Clients {
             secret_digest: secret.as_deref().map(|s| self.sealer.secret_digest(s)),
             jwks,
             status: ClientStatus::Active,
+            previous_secret: None,
         };
         self.store.insert_client(&client, &timestamp(now())).await?;
         self.audit
@@ -162,6 +173,42 @@ impl Clients {
     /// A client by id.
     pub async fn get(&self, client_id: &str) -> Result<Option<Client>> {
         self.store.client(client_id).await
+    }
+
+    /// Issues a new secret; the previous one keeps working for `grace_secs`
+    /// (0: at once invalid), so that a client can switch without downtime.
+    pub async fn rotate_secret(
+        &self,
+        actor: &Actor,
+        client_id: &str,
+        grace_secs: i64,
+    ) -> Result<String> {
+        let secret = format!("lgs_{}", random_token(32)?);
+        let until = now().unix_timestamp() + grace_secs.max(0);
+        if !self
+            .store
+            .rotate_client_secret(
+                client_id,
+                &self.sealer.secret_digest(&secret),
+                until,
+                &timestamp(now()),
+            )
+            .await?
+        {
+            return Err(Error::Conflict(format!(
+                "client {client_id} has no secret to rotate"
+            )));
+        }
+        self.audit
+            .record(
+                actor
+                    .event("client.secret_rotated", Outcome::Success)
+                    .reason(format!(
+                        "client {client_id}; previous secret valid for {grace_secs} s"
+                    )),
+            )
+            .await?;
+        Ok(secret)
     }
 
     /// Authenticates the client of a token request, by exactly one method.
@@ -376,7 +423,7 @@ fn unverified_subject(jwt: &str) -> Option<String> {
 }
 
 /// Checks a JWKS for `private_key_jwt`: asymmetric public keys only.
-fn validate_jwks(v: &Value) -> Result<String> {
+pub(crate) fn validate_jwks(v: &Value) -> Result<String> {
     let set: JwkSet = serde_json::from_value(v.clone())
         .map_err(|e| Error::invalid_field("jwks", format!("not a JWK set: {e}")))?;
     if set.keys.is_empty() {

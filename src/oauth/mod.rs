@@ -123,6 +123,8 @@ pub struct Client {
     pub jwks: Option<String>,
     /// Status.
     pub status: ClientStatus,
+    /// The secret replaced by the last rotation and until when (unix seconds) it still works.
+    pub previous_secret: Option<(Vec<u8>, i64)>,
 }
 
 /// RFC 6749 §5.2 error codes (and RFC 6750 for bearer tokens).

@@ -25,6 +25,13 @@ fn client_from_row(row: &AnyRow) -> Result<Client> {
         secret_digest: col(row, "secret_digest")?,
         jwks: col(row, "jwks")?,
         status: ClientStatus::parse(&col::<String>(row, "status")?)?,
+        previous_secret: match (
+            col::<Option<Vec<u8>>>(row, "previous_secret_digest")?,
+            col::<Option<i64>>(row, "previous_secret_expires_at")?,
+        ) {
+            (Some(d), Some(until)) => Some((d, until)),
+            _ => None,
+        },
     })
 }
 

@@ -14,6 +14,7 @@
 pub mod audit;
 pub mod catalog;
 pub mod clients;
+pub mod entities;
 pub mod licenses;
 
 use std::time::Duration;
