@@ -46,6 +46,92 @@ pub struct DemoCredentials {
     pub clients: Vec<DemoClient>,
 }
 
+fn scenario(
+    purpose: &str,
+    description: &str,
+    types: &[(&str, &[&str])],
+    flows: &[crate::policy::Flow],
+) -> crate::policy::Scenario {
+    crate::policy::Scenario {
+        purpose: purpose.into(),
+        description: description.into(),
+        license_types: types.iter().map(|(t, _)| (*t).to_owned()).collect(),
+        fields: types
+            .iter()
+            .map(|(t, f)| ((*t).to_owned(), f.iter().map(|s| (*s).to_owned()).collect()))
+            .collect(),
+        max_consent_days: 90,
+        max_retrievals: 5,
+        flows: flows.to_vec(),
+    }
+}
+
+/// A bank, a logistics firm and a hospital with approved use lists.
+fn demo_entities() -> Vec<(
+    &'static str,
+    &'static str,
+    &'static str,
+    Vec<crate::policy::Scenario>,
+)> {
+    use crate::policy::Flow::*;
+    vec![
+        (
+            "浦江银行股份有限公司",
+            "91310000MA1PJBANK",
+            "bank",
+            vec![
+                scenario(
+                    "account_opening",
+                    "开立银行账户 / opening a bank account",
+                    &[
+                        (
+                            "JMSFZ",
+                            &["name", "sex", "birth_date", "address", "id_number"],
+                        ),
+                        ("YYZZ", &["uscc", "name", "legal_representative", "address"]),
+                    ],
+                    &[Redirect, Decoupled, Verify],
+                ),
+                scenario(
+                    "loan",
+                    "贷款审批 / loan approval",
+                    &[("JMSFZ", &["name", "id_number"])],
+                    &[Redirect, Decoupled],
+                ),
+            ],
+        ),
+        (
+            "申城速达物流有限公司",
+            "91310000MA1WLGT08",
+            "logistics",
+            vec![scenario(
+                "carrier_onboarding",
+                "承运人入驻 / carrier onboarding",
+                &[
+                    ("JMSFZ", &["name", "id_number"]),
+                    (
+                        "DLYSJYXKZ",
+                        &["permit_no", "operator_name", "uscc", "business_scope"],
+                    ),
+                    ("JDCJSZ", &["license_no", "name", "vehicle_class"]),
+                ],
+                &[Redirect, ShowLicense, Verify],
+            )],
+        ),
+        (
+            "明珠医院",
+            "12310000MB1MYY024",
+            "hospital",
+            vec![scenario(
+                "patient_registration",
+                "就诊登记 / patient registration",
+                &[("JMSFZ", &["name", "sex", "birth_date", "id_number"])],
+                &[ShowLicense, Decoupled],
+            )],
+        ),
+    ]
+}
+
 /// A valid unified social credit code built from a 17-character body.
 pub fn uscc(body17: &str) -> String {
     format!("{body17}{}", uscc_check(body17).unwrap_or('0'))
@@ -471,6 +557,12 @@ pub async fn load(services: &Services) -> Result<()> {
     let path = services.config.data_dir.join("demo-credentials.json");
     let units = issuers();
     if services.store.issuer(&units[0].id).await?.is_some() {
+        if !path.exists() {
+            return Err(Error::Conflict(format!(
+                "the database holds part of the demo data but {} is missing; start again with an empty data directory",
+                path.display()
+            )));
+        }
         tracing::info!("demo data already loaded");
         println!("demo data already loaded; credentials: {}", path.display());
         return Ok(());
@@ -540,6 +632,33 @@ pub async fn load(services: &Services) -> Result<()> {
     for spec in catalog(&units)? {
         services.library.create_type(&system, spec).await?;
     }
+    for (name, uscc_body, sector, scenarios) in demo_entities() {
+        let applied = crate::entities::apply(
+            services,
+            crate::entities::Application {
+                name: name.into(),
+                uscc: uscc(uscc_body),
+                sector: sector.into(),
+                contact: "demo@example.org".into(),
+                redirect_uris: vec!["https://127.0.0.1/callback".into()],
+                jwks: None,
+                jwks_uri: None,
+                scenarios,
+            },
+        )
+        .await?;
+        let approved = crate::entities::approve(
+            services,
+            &system,
+            &applied.id,
+            crate::entities::Verdict {
+                filing_no: Some(format!("沪用证备{}", &applied.id[4..10])),
+                reason: None,
+            },
+        )
+        .await?;
+        add_client(approved.credentials, name);
+    }
     let pubs = publications()?;
     let total = pubs.len();
     for (unit, req) in pubs {
@@ -555,7 +674,7 @@ pub async fn load(services: &Services) -> Result<()> {
     crate::keys::write_private_file(&path, text.as_bytes())?;
     let issuer = &creds.clients[2];
     println!(
-        "demo data loaded: {} issuing units, 6 license types, {PEOPLE} people and {ORGANISATIONS} organisations, {total} licenses.\n\
+        "demo data loaded: {} issuing units, 6 license types, 3 entities with approved use lists (a bank, a logistics firm, a hospital), {PEOPLE} people and {ORGANISATIONS} organisations, {total} licenses.\n\
          credentials: {}\n\
          try:\n  \
          TOKEN=$(curl -s -u '{}:{}' -d grant_type=client_credentials {base}/token | jq -r .access_token)\n  \

@@ -160,6 +160,11 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "licensegate failed");
             eprintln!("licensegate: {e}");
+            if let licensegate::Error::Invalid { errors, .. } = &e {
+                for fe in errors {
+                    eprintln!("  {}: {}", fe.field, fe.message);
+                }
+            }
             ExitCode::FAILURE
         }
     }

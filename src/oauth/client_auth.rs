@@ -291,11 +291,20 @@ impl Clients {
         }
         let digest = self.sealer.secret_digest(&secret);
         let client = self.store.client(&id).await?;
+        let now = now().unix_timestamp();
         match client {
             Some(c)
                 if c.secret_digest
                     .as_deref()
                     .is_some_and(|d| constant_time_eq(d, &digest)) =>
+            {
+                Ok(c)
+            }
+            // During a rotation the previous secret keeps working until its deadline.
+            Some(c)
+                if c.previous_secret
+                    .as_ref()
+                    .is_some_and(|(d, until)| *until > now && constant_time_eq(d, &digest)) =>
             {
                 Ok(c)
             }
