@@ -588,6 +588,7 @@ pub async fn load(services: &Services) -> Result<()> {
                 role: Role::Operator,
                 issuer_id: None,
                 jwks: None,
+                jwks_uri: None,
             },
         )
         .await?;
@@ -601,6 +602,7 @@ pub async fn load(services: &Services) -> Result<()> {
                 role: Role::Regulator,
                 issuer_id: None,
                 jwks: None,
+                jwks_uri: None,
             },
         )
         .await?;
@@ -620,6 +622,7 @@ pub async fn load(services: &Services) -> Result<()> {
                     role: Role::Issuer,
                     issuer_id: Some(unit.id.clone()),
                     jwks: None,
+                    jwks_uri: None,
                 },
             )
             .await?;

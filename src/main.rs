@@ -301,6 +301,7 @@ async fn run(command: Command, config: Config) -> licensegate::Result<ExitCode> 
                         role,
                         issuer_id: issuer,
                         jwks: None,
+                        jwks_uri: None,
                     },
                 )
                 .await?;

@@ -500,3 +500,155 @@ async fn policies_reload_and_invalid_policies_are_refused() {
     assert_eq!(outcomes, ["success", "refused"]);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn keys_are_fetched_from_the_jwks_uri_and_refreshed_on_rotation() {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use ring::signature::KeyPair;
+    use std::sync::{Arc, Mutex};
+
+    // The entity's own key server, on loopback.
+    let rng = ring::rand::SystemRandom::new();
+    let key = |kid: &str| {
+        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let jwk = json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": URL_SAFE_NO_PAD.encode(pair.public_key().as_ref())});
+        (jsonwebtoken::EncodingKey::from_ed_der(pkcs8.as_ref()), jwk)
+    };
+    let (k1, jwk1) = key("k1");
+    let (k2, jwk2) = key("k2");
+    let (k3, _) = key("k3");
+    let published = Arc::new(Mutex::new(json!({"keys": [jwk1]})));
+    let served = published.clone();
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let v = served.lock().unwrap().clone();
+            async move { axum::Json(v) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jwks_uri = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let (s, op, _) = demo_server().await;
+    let mut app_body = application(&licensegate::demo::uscc("91310000MA1JWKQR0"));
+    app_body["jwks_uri"] = json!(jwks_uri);
+    let entity: Value = s
+        .http
+        .post(s.url("/entities/v1/applications"))
+        .json(&app_body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = entity["id"].as_str().unwrap().to_owned();
+    let approval: Value = s
+        .post_json(
+            &op,
+            &format!("/admin/v1/entities/{id}/approve"),
+            &json!({"filing_no": "沪用证备0002"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        approval["credentials"]["token_endpoint_auth_method"], "private_key_jwt",
+        "{approval}"
+    );
+    assert!(approval["credentials"].get("client_secret").is_none());
+
+    let assert_with = |key: &jsonwebtoken::EncodingKey, kid: &str, jti: &str| {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.kid = Some(kid.into());
+        jsonwebtoken::encode(
+            &header,
+            &json!({"iss": id, "sub": id, "aud": s.base, "jti": jti, "iat": now, "exp": now + 60}),
+            key,
+        )
+        .unwrap()
+    };
+    let post = |jwt: String| {
+        let s = &s;
+        async move {
+            let res = s
+                .http
+                .post(s.url("/token"))
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    (
+                        "client_assertion_type",
+                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                    ),
+                    ("client_assertion", jwt.as_str()),
+                ])
+                .send()
+                .await
+                .unwrap();
+            (
+                res.status().as_u16(),
+                res.json::<Value>().await.unwrap()["error"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        }
+    };
+    // Authenticated (then told entities get tokens through consent).
+    assert_eq!(
+        post(assert_with(&k1, "k1", "j1")).await,
+        (400, "unauthorized_client".into())
+    );
+    // The entity rotates to k2: the unknown kid makes licensegate fetch its keys again.
+    *published.lock().unwrap() = json!({"keys": [jwk2]});
+    assert_eq!(
+        post(assert_with(&k2, "k2", "j2")).await,
+        (400, "unauthorized_client".into())
+    );
+    // A key it never published is refused.
+    assert_eq!(
+        post(assert_with(&k3, "k3", "j3")).await,
+        (401, "invalid_client".into())
+    );
+
+    // A JWKS URI that does not answer makes the approval fail clearly, nothing half-done.
+    let mut dead = application(&licensegate::demo::uscc("91310000MA1JWKQR1"));
+    dead["jwks_uri"] = json!("http://127.0.0.1:9/jwks.json");
+    let entity: Value = s
+        .http
+        .post(s.url("/entities/v1/applications"))
+        .json(&dead)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let dead_id = entity["id"].as_str().unwrap();
+    let res = s
+        .post_json(
+            &op,
+            &format!("/admin/v1/entities/{dead_id}/approve"),
+            &json!({"filing_no": "x"}),
+        )
+        .await;
+    assert_eq!(res.status(), 422);
+    assert!(res.text().await.unwrap().contains("cannot fetch the JWKS"));
+    let still: Value = s
+        .get(&op, &format!("/admin/v1/entities/{dead_id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        still["status"], "pending",
+        "a failed approval changes nothing"
+    );
+    assert!(s.services.store.client(dead_id).await.unwrap().is_none());
+    s.stop().await;
+}

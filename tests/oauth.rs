@@ -292,6 +292,7 @@ async fn private_key_jwt_with_eddsa_and_es256() {
                 role: Role::Operator,
                 issuer_id: None,
                 jwks: Some(jwks),
+                jwks_uri: None,
             },
         )
         .await
@@ -443,6 +444,7 @@ async fn private_key_jwt_with_eddsa_and_es256() {
                     role: Role::Operator,
                     issuer_id: None,
                     jwks: Some(bad),
+                    jwks_uri: None,
                 },
             )
             .await;

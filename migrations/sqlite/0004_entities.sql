@@ -34,3 +34,7 @@ CREATE TABLE scenarios (
 -- until previous_secret_expires_at (unix seconds).
 ALTER TABLE clients ADD COLUMN previous_secret_digest BLOB;
 ALTER TABLE clients ADD COLUMN previous_secret_expires_at INTEGER;
+
+-- Keys published at a URI (private_key_jwt): fetched on registration and
+-- again when an assertion names a key not seen yet.
+ALTER TABLE clients ADD COLUMN jwks_uri TEXT;

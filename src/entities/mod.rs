@@ -50,7 +50,8 @@ pub struct Application {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub jwks: Option<Value>,
-    /// Where its keys are published (https). Recorded; keys are used from `jwks`.
+    /// Where its keys are published (https, or http on loopback); fetched on
+    /// approval and again when an assertion names a key not seen yet.
     #[serde(default)]
     pub jwks_uri: Option<String>,
     /// The scenarios it asks to be approved.
@@ -250,8 +251,17 @@ pub async fn apply(services: &Services, app: Application) -> Result<EntityView> 
         }
     }
     if let Some(uri) = &app.jwks_uri {
-        if !uri.starts_with("https://") {
-            errors.push(FieldError::new("jwks_uri", "must be https"));
+        if !crate::oauth::client_auth::valid_jwks_uri(uri) {
+            errors.push(FieldError::new(
+                "jwks_uri",
+                "must be https (or http on loopback)",
+            ));
+        }
+        if app.jwks.is_some() {
+            errors.push(FieldError::new(
+                "jwks_uri",
+                "give jwks or jwks_uri, not both",
+            ));
         }
     }
     let jwks = match app.jwks.as_ref().map(validate_jwks).transpose() {
@@ -395,6 +405,18 @@ pub async fn approve(services: &Services, actor: &Actor, id: &str, v: Verdict) -
         .entity(id)
         .await?
         .ok_or_else(|| Error::NotFound(format!("no entity {id}")))?;
+    if e.status != "pending" {
+        return Err(Error::Conflict(format!(
+            "entity {id} is {}, not pending",
+            e.status
+        )));
+    }
+    // Fetch published keys before changing anything, so a dead JWKS URI leaves the application pending.
+    let jwks = match (&e.jwks, &e.jwks_uri) {
+        (Some(j), _) => Some(j.clone()),
+        (None, Some(uri)) => Some(services.clients.fetch_jwks(uri).await?),
+        (None, None) => None,
+    };
     let at = timestamp(now());
     if !services
         .store
@@ -408,10 +430,7 @@ pub async fn approve(services: &Services, actor: &Actor, id: &str, v: Verdict) -
         )
         .await?
     {
-        return Err(Error::Conflict(format!(
-            "entity {id} is {}, not pending",
-            e.status
-        )));
+        return Err(Error::Conflict(format!("entity {id} is no longer pending")));
     }
     services
         .store
@@ -426,12 +445,12 @@ pub async fn approve(services: &Services, actor: &Actor, id: &str, v: Verdict) -
                 name: e.name.clone(),
                 role: Role::Entity,
                 issuer_id: None,
-                jwks: e
-                    .jwks
+                jwks: jwks
                     .as_deref()
                     .map(serde_json::from_str)
                     .transpose()
                     .map_err(Error::internal)?,
+                jwks_uri: e.jwks_uri.clone(),
             },
         )
         .await?;

@@ -40,6 +40,10 @@ pub struct NewClient {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub jwks: Option<Value>,
+    /// Where the client publishes its keys (https, or http on loopback);
+    /// fetched now and again when an assertion names an unknown key.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
 }
 
 /// A registered client, with its secret shown this once.
@@ -67,6 +71,8 @@ struct AssertionClaims {
 
 /// Registers and authenticates clients.
 pub struct Clients {
+    http: reqwest::Client,
+    fetched: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     store: Store,
     audit: Arc<AuditLog>,
     sealer: Arc<Sealer>,
@@ -77,6 +83,12 @@ impl Clients {
     /// Clients of the broker at `public_url`.
     pub fn new(store: Store, sealer: Arc<Sealer>, audit: Arc<AuditLog>, public_url: &str) -> Self {
         Clients {
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(5))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default(),
+            fetched: Default::default(),
             store,
             audit,
             sealer,
@@ -128,7 +140,18 @@ impl Clients {
             }
             (_, None) => {}
         }
-        let jwks = req.jwks.as_ref().map(validate_jwks).transpose()?;
+        if req.jwks_uri.as_deref().is_some_and(|u| !valid_jwks_uri(u)) {
+            return Err(Error::invalid_field(
+                "jwks_uri",
+                "must be https (or http on loopback)",
+            ));
+        }
+        // Keys given with a URI are the URI's current keys (already fetched).
+        let jwks = match (&req.jwks, &req.jwks_uri) {
+            (Some(j), _) => Some(validate_jwks(j)?),
+            (None, Some(uri)) => Some(self.fetch_jwks(uri).await?),
+            (None, None) => None,
+        };
         let secret = match jwks {
             Some(_) => None,
             None => Some(format!("lgs_{}", random_token(32)?)),
@@ -140,6 +163,7 @@ impl Clients {
             issuer_id: req.issuer_id.clone(),
             secret_digest: secret.as_deref().map(|s| self.sealer.secret_digest(s)),
             jwks,
+            jwks_uri: req.jwks_uri.clone(),
             status: ClientStatus::Active,
             previous_secret: None,
         };
@@ -173,6 +197,75 @@ impl Clients {
     /// A client by id.
     pub async fn get(&self, client_id: &str) -> Result<Option<Client>> {
         self.store.client(client_id).await
+    }
+
+    /// Fetches and checks a JWKS document (at most 64 KiB, asymmetric public keys only).
+    pub async fn fetch_jwks(&self, uri: &str) -> Result<String> {
+        let unavailable =
+            |why: String| Error::invalid_field("jwks_uri", format!("cannot fetch the JWKS: {why}"));
+        let res = self
+            .http
+            .get(uri)
+            .send()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        if !res.status().is_success() {
+            return Err(unavailable(format!("HTTP {}", res.status())));
+        }
+        if res.content_length().is_some_and(|n| n > 65_536) {
+            return Err(unavailable("larger than 64 KiB".into()));
+        }
+        let body = res.bytes().await.map_err(|e| unavailable(e.to_string()))?;
+        if body.len() > 65_536 {
+            return Err(unavailable("larger than 64 KiB".into()));
+        }
+        let v: Value =
+            serde_json::from_slice(&body).map_err(|e| unavailable(format!("not JSON: {e}")))?;
+        validate_jwks(&v)
+    }
+
+    /// The client's keys, fetched again from its JWKS URI when `kid` is not
+    /// among them (the client rotated its keys); at most once a minute per client.
+    async fn keys_with(&self, client: &Client, kid: Option<&str>) -> Option<JwkSet> {
+        let current: Option<JwkSet> = client
+            .jwks
+            .as_deref()
+            .and_then(|j| serde_json::from_str(j).ok());
+        let known = match (&current, kid) {
+            (Some(set), Some(kid)) => set.find(kid).is_some(),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        let Some(uri) = client.jwks_uri.as_deref().filter(|_| !known) else {
+            return current;
+        };
+        let due = match self.fetched.lock() {
+            Ok(mut m) => {
+                let due = m
+                    .get(&client.client_id)
+                    .is_none_or(|t| t.elapsed().as_secs() >= 60);
+                if due {
+                    m.insert(client.client_id.clone(), std::time::Instant::now());
+                }
+                due
+            }
+            Err(_) => false,
+        };
+        if !due {
+            return current;
+        }
+        match self.fetch_jwks(uri).await {
+            Ok(fresh) => {
+                if let Err(e) = self.store.set_client_jwks(&client.client_id, &fresh).await {
+                    tracing::warn!(error = %e, "cannot store refreshed JWKS");
+                }
+                serde_json::from_str(&fresh).ok()
+            }
+            Err(e) => {
+                tracing::warn!(client = %client.client_id, error = %e, "JWKS refresh failed");
+                current
+            }
+        }
     }
 
     /// Issues a new secret; the previous one keeps working for `grace_secs`
@@ -350,10 +443,9 @@ impl Clients {
             .client(&client_id)
             .await?
             .ok_or_else(|| invalid("unknown client"))?;
-        let jwks: JwkSet = client
-            .jwks
-            .as_deref()
-            .and_then(|j| serde_json::from_str(j).ok())
+        let jwks = self
+            .keys_with(&client, header.kid.as_deref())
+            .await
             .ok_or_else(|| invalid("the client has no registered keys"))?;
         let jwk = match &header.kid {
             Some(kid) => jwks.find(kid),
@@ -393,6 +485,17 @@ impl Clients {
         }
         Ok(client)
     }
+}
+
+/// A JWKS URI: https, or http on the loopback interface (development and tests).
+pub fn valid_jwks_uri(uri: &str) -> bool {
+    let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+        .iter()
+        .any(|p| {
+            uri.strip_prefix(p)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/']))
+        });
+    (uri.starts_with("https://") || loopback) && uri.len() <= 2000
 }
 
 /// The client a token request claims to come from, before authentication

@@ -121,6 +121,8 @@ pub struct Client {
     pub secret_digest: Option<Vec<u8>>,
     /// Its public keys (private_key_jwt), a JWKS document.
     pub jwks: Option<String>,
+    /// Where it publishes its keys; `jwks` is refreshed from there.
+    pub jwks_uri: Option<String>,
     /// Status.
     pub status: ClientStatus,
     /// The secret replaced by the last rotation and until when (unix seconds) it still works.

@@ -24,6 +24,7 @@ fn client_from_row(row: &AnyRow) -> Result<Client> {
         issuer_id: col(row, "issuer_id")?,
         secret_digest: col(row, "secret_digest")?,
         jwks: col(row, "jwks")?,
+        jwks_uri: col(row, "jwks_uri")?,
         status: ClientStatus::parse(&col::<String>(row, "status")?)?,
         previous_secret: match (
             col::<Option<Vec<u8>>>(row, "previous_secret_digest")?,
@@ -47,8 +48,8 @@ impl Store {
     /// Inserts a client.
     pub async fn insert_client(&self, c: &Client, now: &str) -> Result<()> {
         sqlx::query(
-            "INSERT INTO clients (client_id, name, role, issuer_id, secret_digest, jwks, status, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+            "INSERT INTO clients (client_id, name, role, issuer_id, secret_digest, jwks, status, created_at, updated_at, jwks_uri)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
         )
         .bind(&c.client_id)
         .bind(&c.name)
@@ -58,8 +59,19 @@ impl Store {
         .bind(&c.jwks)
         .bind(c.status.as_str())
         .bind(now)
+        .bind(&c.jwks_uri)
         .execute(self.writer())
         .await?;
+        Ok(())
+    }
+
+    /// Replaces a client's keys (fetched again from its JWKS URI).
+    pub async fn set_client_jwks(&self, client_id: &str, jwks: &str) -> Result<()> {
+        sqlx::query("UPDATE clients SET jwks = $2 WHERE client_id = $1")
+            .bind(client_id)
+            .bind(jwks)
+            .execute(self.writer())
+            .await?;
         Ok(())
     }
 

@@ -130,6 +130,7 @@ impl TestServer {
                     role,
                     issuer_id: issuer_id.map(str::to_owned),
                     jwks: None,
+                    jwks_uri: None,
                 },
             )
             .await
