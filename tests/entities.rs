@@ -652,3 +652,104 @@ async fn keys_are_fetched_from_the_jwks_uri_and_refreshed_on_rotation() {
     assert!(s.services.store.client(dead_id).await.unwrap().is_none());
     s.stop().await;
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_policies_and_is_audited() {
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let policies = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(&shipped).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, policies.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let data = tempfile::tempdir().unwrap();
+    let mut db = vec!["--data-dir".to_owned(), data.path().display().to_string()];
+    if backend() == "postgres" {
+        db.push("--database-url".into());
+        db.push(fresh_postgres().await);
+    }
+    db.push("--policy-dir".into());
+    db.push(policies.path().display().to_string());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = licensegate()
+        .args(&db)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "serve"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    for _ in 0..300 {
+        if http
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let hup = || {
+        std::process::Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap()
+    };
+    assert!(hup().success());
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // A broken policy file: the SIGHUP reload is refused and the server keeps serving.
+    std::fs::write(
+        policies.path().join("broken.cedar"),
+        "@id(\"b\")\npermit (principal, action, resource) when { nope };\n",
+    )
+    .unwrap();
+    assert!(hup().success());
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        http.get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+
+    let out_file = data.path().join("audit.jsonl");
+    let out = licensegate()
+        .args(&db[..db.len() - 2])
+        .args(["audit", "export", "--out", out_file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reloads: Vec<Value> = std::fs::read_to_string(&out_file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["action"] == "policy.loaded")
+        .collect();
+    assert_eq!(reloads.len(), 2, "{reloads:?}");
+    assert_eq!(
+        (
+            reloads[0]["outcome"].as_str(),
+            reloads[0]["actor_id"].as_str()
+        ),
+        (Some("success"), Some("sighup"))
+    );
+    assert_eq!(reloads[1]["outcome"], "refused");
+    assert!(reloads[1]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("broken.cedar:2"));
+}
