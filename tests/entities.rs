@@ -102,6 +102,17 @@ async fn onboarding_use_list_suspension_and_rotation() {
         .unwrap()
         .contains("pending, not approved"));
 
+    // Not approved: nothing to authenticate with at the token endpoint.
+    let res = s
+        .http
+        .post(s.url("/token"))
+        .basic_auth(&id, Some("lgs_guess"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+
     // Approval needs the filing number; then credentials are issued once.
     assert_eq!(
         s.post_json(&op, &format!("/admin/v1/entities/{id}/approve"), &json!({}))
