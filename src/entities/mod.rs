@@ -496,7 +496,21 @@ pub async fn suspend(
     v: Verdict,
 ) -> Result<EntityView> {
     let reason = required_reason(&v)?;
-    let view = transition(
+    let e = services
+        .store
+        .entity(id)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no entity {id}")))?;
+    if e.status != "approved" {
+        return Err(Error::Conflict(format!("entity {id} is {}", e.status)));
+    }
+    // The client first: if the process stops between the two writes, the
+    // entity is locked out (fails closed) rather than suspended on paper only.
+    services
+        .store
+        .set_client_status(id, ClientStatus::Suspended.as_str(), &timestamp(now()))
+        .await?;
+    transition(
         services,
         actor,
         id,
@@ -505,12 +519,7 @@ pub async fn suspend(
         reason,
         "entity.suspended",
     )
-    .await?;
-    services
-        .store
-        .set_client_status(id, ClientStatus::Suspended.as_str(), &timestamp(now()))
-        .await?;
-    Ok(view)
+    .await
 }
 
 /// Reinstates a suspended entity.
@@ -531,6 +540,7 @@ pub async fn reinstate(
         "entity.reinstated",
     )
     .await?;
+    // The client last, for the same reason: a stop in between fails closed.
     services
         .store
         .set_client_status(id, ClientStatus::Active.as_str(), &timestamp(now()))
