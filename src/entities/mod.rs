@@ -510,6 +510,7 @@ pub async fn suspend(
         .store
         .set_client_status(id, ClientStatus::Suspended.as_str(), &timestamp(now()))
         .await?;
+    services.clients.forget(id);
     transition(
         services,
         actor,
@@ -545,6 +546,7 @@ pub async fn reinstate(
         .store
         .set_client_status(id, ClientStatus::Active.as_str(), &timestamp(now()))
         .await?;
+    services.clients.forget(id);
     Ok(view)
 }
 

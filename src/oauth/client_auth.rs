@@ -22,6 +22,9 @@ use crate::store::{now, timestamp, Store};
 /// `client_assertion_type` of a JWT client assertion.
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
+/// How long a client read for authentication may be reused.
+pub const CLIENT_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Largest accepted clock skew, seconds.
 pub const CLOCK_SKEW: u64 = 10;
 
@@ -71,6 +74,11 @@ struct AssertionClaims {
 
 /// Registers and authenticates clients.
 pub struct Clients {
+    /// Clients recently read for client authentication at the token endpoint,
+    /// for [`CLIENT_CACHE_TTL`]: a token minted from a just-stale entry is
+    /// still refused on its first use, because every API call reads the
+    /// client's status afresh.
+    cache: std::sync::RwLock<HashMap<String, (std::time::Instant, Client)>>,
     http: reqwest::Client,
     fetched: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     store: Store,
@@ -83,6 +91,7 @@ impl Clients {
     /// Clients of the broker at `public_url`.
     pub fn new(store: Store, sealer: Arc<Sealer>, audit: Arc<AuditLog>, public_url: &str) -> Self {
         Clients {
+            cache: Default::default(),
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(5))
                 .redirect(reqwest::redirect::Policy::none())
@@ -194,9 +203,36 @@ impl Clients {
         })
     }
 
-    /// A client by id.
+    /// A client by id, read from the database (for authorization decisions).
     pub async fn get(&self, client_id: &str) -> Result<Option<Client>> {
         self.store.client(client_id).await
+    }
+
+    /// A client for authentication at the token endpoint, possibly from the
+    /// short-lived cache (saves a database round trip per token).
+    async fn for_authentication(&self, client_id: &str) -> Result<Option<Client>> {
+        if let Some(c) = self.cache.read().ok().and_then(|m| {
+            m.get(client_id)
+                .filter(|(at, _)| at.elapsed() < CLIENT_CACHE_TTL)
+                .map(|(_, c)| c.clone())
+        }) {
+            return Ok(Some(c));
+        }
+        let client = self.store.client(client_id).await?;
+        if let (Some(c), Ok(mut m)) = (&client, self.cache.write()) {
+            if m.len() > 100_000 {
+                m.clear();
+            }
+            m.insert(client_id.to_owned(), (std::time::Instant::now(), c.clone()));
+        }
+        Ok(client)
+    }
+
+    /// Drops a client from the authentication cache (after a change to it).
+    pub fn forget(&self, client_id: &str) {
+        if let Ok(mut m) = self.cache.write() {
+            m.remove(client_id);
+        }
     }
 
     /// Fetches and checks a JWKS document (at most 64 KiB, asymmetric public keys only).
@@ -292,6 +328,8 @@ impl Clients {
                 "client {client_id} has no secret to rotate"
             )));
         }
+        // After the write, so that no concurrent read can cache the old secret again.
+        self.forget(client_id);
         self.audit
             .record(
                 actor
@@ -383,7 +421,7 @@ impl Clients {
             ));
         }
         let digest = self.sealer.secret_digest(&secret);
-        let client = self.store.client(&id).await?;
+        let client = self.for_authentication(&id).await?;
         let now = now().unix_timestamp();
         match client {
             Some(c)
