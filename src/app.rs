@@ -220,6 +220,9 @@ async fn maintenance(services: AppState) {
             if let Err(e) = services.store.prune_assertions(now).await {
                 tracing::warn!(error = %e, "pruning used assertions failed");
             }
+            if let Err(e) = services.store.prune_revocations(now).await {
+                tracing::warn!(error = %e, "pruning revoked tokens failed");
+            }
         }
     }
 }

@@ -554,6 +554,8 @@ async fn operability_routes() {
         ),
         ("post", "/admin/v1/decisions"),
         ("post", "/admin/v1/policies/reload"),
+        ("post", "/introspect"),
+        ("post", "/revoke"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
@@ -562,7 +564,7 @@ async fn operability_routes() {
     }
     let documented: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
     assert_eq!(
-        documented, 46,
+        documented, 48,
         "every documented operation is in the list above"
     );
     s.stop().await;
@@ -618,6 +620,117 @@ async fn admin_client_registration_over_http() {
         .await
         .status(),
         403
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn introspection_and_revocation() {
+    let s = TestServer::start().await;
+    let lib = s.setup_library().await;
+    let issuer_claims = jwt_part(&lib.issuer, 1);
+    let issuer_id = issuer_claims["client_id"].as_str().unwrap().to_owned();
+    // The test harness keeps no secret for the issuer's client, so make a fresh one.
+    let (id, secret) = s.client(Role::Issuer, Some(ISSUER)).await;
+    let token = s.token(&id, &secret).await;
+    let form = |path: &'static str, who: (&str, &str), tok: &str| {
+        let s = &s;
+        let (cid, csec, tok) = (who.0.to_owned(), who.1.to_owned(), tok.to_owned());
+        async move {
+            s.http
+                .post(s.url(path))
+                .basic_auth(cid, Some(csec))
+                .form(&[("token", tok.as_str())])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let res = form("/introspect", (&id, &secret), &token).await;
+    assert_eq!(res.status(), 200);
+    let i: Value = res.json().await.unwrap();
+    assert_eq!(i["active"], true);
+    assert_eq!(i["client_id"], id);
+    assert_eq!(i["scope"], "licenses:write");
+    assert_eq!(i["token_type"], "Bearer");
+    // Someone else's token, garbage, and no client authentication.
+    let i: Value = form("/introspect", (&id, &secret), &lib.issuer)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        i,
+        json!({"active": false}),
+        "a client does not learn about other clients' tokens"
+    );
+    let i: Value = form("/introspect", (&id, &secret), "garbage")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(i["active"], false);
+    let res = s
+        .http
+        .post(s.url("/introspect"))
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    oauth_error(res, 401, "invalid_client").await;
+    // A regulator may introspect any token.
+    let (reg, reg_secret) = s.client(Role::Regulator, None).await;
+    let i: Value = form("/introspect", (&reg, &reg_secret), &lib.issuer)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(i["active"], true);
+    assert_eq!(i["client_id"], issuer_id);
+
+    // Revocation: not another client's token; then its own, effective on the next call.
+    oauth_error(
+        form("/revoke", (&id, &secret), &lib.issuer).await,
+        400,
+        "unauthorized_client",
+    )
+    .await;
+    assert_eq!(s.get(&token, "/issuer/v1/licenses").await.status(), 200);
+    let res = form("/revoke", (&id, &secret), &token).await;
+    assert_eq!(res.status(), 200);
+    let res = s.get(&token, "/issuer/v1/licenses").await;
+    assert_eq!(res.status(), 401);
+    assert!(res.text().await.unwrap().contains("revoked"));
+    let i: Value = form("/introspect", (&id, &secret), &token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(i["active"], false);
+    // Revoking again, or an unknown token, is acknowledged (RFC 7009 §2.2).
+    assert_eq!(form("/revoke", (&id, &secret), &token).await.status(), 200);
+    assert_eq!(
+        form("/revoke", (&id, &secret), "not-a-token")
+            .await
+            .status(),
+        200
+    );
+    // The other tokens of the client still work.
+    let fresh = s.token(&id, &secret).await;
+    assert_eq!(s.get(&fresh, "/issuer/v1/licenses").await.status(), 200);
+    let meta: Value = s
+        .http
+        .get(s.url("/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(meta["revocation_endpoint"], format!("{}/revoke", s.base));
+    assert_eq!(
+        meta["introspection_endpoint"],
+        format!("{}/introspect", s.base)
     );
     s.stop().await;
 }

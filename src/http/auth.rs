@@ -40,8 +40,14 @@ impl FromRequestParts<AppState> for Bearer {
         if let Some(slot) = parts.extensions.get::<super::context::ActorSlot>() {
             slot.set(claims.actor());
         }
-        match state.clients.get(&claims.client_id).await? {
-            Some(c) if c.status == ClientStatus::Active => Ok(Bearer(claims)),
+        // One round trip for both: the client is still active and the token not revoked.
+        match state
+            .store
+            .client_status_and_revocation(&claims.client_id, &claims.jti)
+            .await?
+        {
+            Some((_, true)) => Err(Error::Unauthorized("this access token was revoked".into())),
+            Some((status, false)) if status == ClientStatus::Active.as_str() => Ok(Bearer(claims)),
             _ => Err(Error::Unauthorized(
                 "the client of this token is not active".into(),
             )),

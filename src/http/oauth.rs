@@ -23,6 +23,8 @@ use crate::oauth::{OAuthError, OAuthErrorBody, OAuthErrorCode};
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(token))
+        .routes(routes!(introspect))
+        .routes(routes!(revoke))
         .routes(routes!(jwks))
         .routes(routes!(metadata))
 }
@@ -112,6 +114,125 @@ async fn token(
     }
 }
 
+/// Parses a form request and authenticates its client, as the token endpoint does.
+async fn authenticated(
+    state: &AppState,
+    slot: &Option<axum::Extension<super::context::ActorSlot>>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<
+    (
+        crate::oauth::Client,
+        std::collections::HashMap<String, String>,
+    ),
+    OAuthError,
+> {
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    if !is_form {
+        return Err(OAuthError::new(
+            OAuthErrorCode::InvalidRequest,
+            "the request must be application/x-www-form-urlencoded",
+        ));
+    }
+    let params = parse_form(body)?;
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if let (Some(slot), Some(id)) = (slot, claimed_client(authorization, &params)) {
+        slot.set(Actor {
+            kind: ActorKind::Anonymous,
+            id,
+        });
+    }
+    let client = state.clients.authenticate(authorization, &params).await?;
+    if client.status != crate::oauth::ClientStatus::Active {
+        return Err(OAuthError::new(
+            OAuthErrorCode::InvalidClient,
+            "the client is suspended",
+        ));
+    }
+    Ok((client, params))
+}
+
+fn no_store(mut res: Response) -> Response {
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+/// Token introspection (RFC 7662). Clients see their own tokens; operators and
+/// regulators any. Invalid, expired and revoked tokens are `active: false`.
+#[utoipa::path(
+    post, path = "/introspect", tag = "oauth",
+    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "token=…"),
+    responses(
+        (status = 200, description = "Introspection", body = crate::oauth::tokens::Introspection),
+        (status = 401, description = "Client authentication failed", body = OAuthErrorBody),
+    ),
+    security((), ("client_secret_basic" = []))
+)]
+async fn introspect(
+    State(state): State<AppState>,
+    slot: Option<axum::Extension<super::context::ActorSlot>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let (client, params) = authenticated(&state, &slot, &headers, &body).await?;
+        let token = params
+            .get("token")
+            .ok_or_else(|| OAuthError::new(OAuthErrorCode::InvalidRequest, "token is required"))?;
+        Ok::<_, OAuthError>(
+            crate::oauth::tokens::introspect(&state.store, &state.tokens, &client, token).await?,
+        )
+    }
+    .await;
+    match result {
+        Ok(i) => no_store(Json(i).into_response()),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Token revocation (RFC 7009): a client revokes a token issued to it;
+/// the token fails on its next use.
+#[utoipa::path(
+    post, path = "/revoke", tag = "oauth",
+    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "token=…"),
+    responses(
+        (status = 200, description = "Revoked (or nothing to revoke)"),
+        (status = 400, description = "Not this client's token", body = OAuthErrorBody),
+        (status = 401, description = "Client authentication failed", body = OAuthErrorBody),
+    ),
+    security((), ("client_secret_basic" = []))
+)]
+async fn revoke(
+    State(state): State<AppState>,
+    slot: Option<axum::Extension<super::context::ActorSlot>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let (client, params) = authenticated(&state, &slot, &headers, &body).await?;
+        let token = params
+            .get("token")
+            .ok_or_else(|| OAuthError::new(OAuthErrorCode::InvalidRequest, "token is required"))?;
+        crate::oauth::tokens::revoke(&state.store, &state.tokens, &state.audit, &client, token)
+            .await
+    }
+    .await;
+    match result {
+        Ok(()) => no_store(axum::http::StatusCode::OK.into_response()),
+        Err(e) => e.into_response(),
+    }
+}
+
 /// The broker's public signing keys (JWKS), including retired ones.
 #[utoipa::path(get, path = "/jwks.json", tag = "oauth", responses((status = 200, description = "JWK set", body = Object)))]
 async fn jwks(State(state): State<AppState>) -> Result<Json<Value>> {
@@ -131,6 +252,10 @@ async fn metadata(State(state): State<AppState>) -> Json<Value> {
         "jwks_uri": format!("{base}/jwks.json"),
         "grant_types_supported": ["client_credentials"],
         "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
+        "introspection_endpoint": format!("{base}/introspect"),
+        "introspection_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
+        "revocation_endpoint": format!("{base}/revoke"),
+        "revocation_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
         "token_endpoint_auth_signing_alg_values_supported": ["ES256", "PS256", "EdDSA"],
         "scopes_supported": ["catalog:write", "clients:write", "licenses:write", "audit:read"],
         "service_documentation": format!("{base}/openapi.json"),

@@ -233,3 +233,110 @@ pub async fn token_request(
         scope: claims.scope,
     })
 }
+
+/// An RFC 7662 introspection response.
+#[derive(Debug, Serialize, ToSchema, Default)]
+pub struct Introspection {
+    /// Whether the token is valid now.
+    pub active: bool,
+    /// Scopes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// Client it was issued to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Subject.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    /// Expiry (unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exp: Option<i64>,
+    /// Issued at (unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
+    /// Issuer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// Audience.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    /// Token id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// Always `Bearer` for active tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_type: Option<&'static str>,
+}
+
+/// Introspection (RFC 7662): a client learns about its own tokens; operators
+/// and regulators about any. Anything else, like any invalid, expired or
+/// revoked token or a token of a suspended client, is just `active: false`.
+pub async fn introspect(
+    store: &crate::store::Store,
+    tokens: &AccessTokens,
+    caller: &Client,
+    token: &str,
+) -> Result<Introspection> {
+    let Ok(claims) = tokens.verify(token).await else {
+        return Ok(Introspection::default());
+    };
+    let may_see = claims.client_id == caller.client_id
+        || matches!(caller.role, super::Role::Operator | super::Role::Regulator);
+    if !may_see {
+        return Ok(Introspection::default());
+    }
+    match store
+        .client_status_and_revocation(&claims.client_id, &claims.jti)
+        .await?
+    {
+        Some((status, false)) if status == ClientStatus::Active.as_str() => Ok(Introspection {
+            active: true,
+            scope: Some(claims.scope),
+            client_id: Some(claims.client_id),
+            sub: Some(claims.sub),
+            exp: Some(claims.exp),
+            iat: Some(claims.iat),
+            iss: Some(claims.iss),
+            aud: Some(claims.aud),
+            jti: Some(claims.jti),
+            token_type: Some("Bearer"),
+        }),
+        _ => Ok(Introspection::default()),
+    }
+}
+
+/// Revocation (RFC 7009): a client revokes a token issued to it. Tokens that
+/// are invalid or already expired need no revocation and are acknowledged.
+pub async fn revoke(
+    store: &crate::store::Store,
+    tokens: &AccessTokens,
+    audit: &AuditLog,
+    caller: &Client,
+    token: &str,
+) -> Result<(), OAuthError> {
+    let Ok(claims) = tokens.verify(token).await else {
+        return Ok(());
+    };
+    if claims.client_id != caller.client_id {
+        return Err(OAuthError::new(
+            OAuthErrorCode::UnauthorizedClient,
+            "this token was not issued to the client revoking it",
+        ));
+    }
+    store
+        .revoke_token(
+            &claims.jti,
+            &claims.client_id,
+            claims.exp + 10,
+            &crate::store::timestamp(now()),
+        )
+        .await?;
+    audit
+        .record(
+            Actor::client(caller.role, &caller.client_id)
+                .event("token.revoked", Outcome::Success)
+                .reason(format!("jti={}", claims.jti)),
+        )
+        .await?;
+    Ok(())
+}

@@ -104,6 +104,53 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Records a revoked access token (idempotent).
+    pub async fn revoke_token(
+        &self,
+        jti: &str,
+        client_id: &str,
+        expires_at: i64,
+        now: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO revoked_tokens (jti, client_id, expires_at, revoked_at) VALUES ($1, $2, $3, $4) ON CONFLICT (jti) DO NOTHING",
+        )
+        .bind(jti)
+        .bind(client_id)
+        .bind(expires_at)
+        .bind(now)
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// The status of a client and whether the token `jti` was revoked, in one
+    /// round trip (checked on every API call).
+    pub async fn client_status_and_revocation(
+        &self,
+        client_id: &str,
+        jti: &str,
+    ) -> Result<Option<(String, bool)>> {
+        let row = sqlx::query(
+            "SELECT status, (SELECT COUNT(*) FROM revoked_tokens WHERE jti = $2) AS revoked FROM clients WHERE client_id = $1",
+        )
+        .bind(client_id)
+        .bind(jti)
+        .fetch_optional(self.reader())
+        .await?;
+        row.map(|r| Ok((col(&r, "status")?, col::<i64>(&r, "revoked")? > 0)))
+            .transpose()
+    }
+
+    /// Forgets revocations of tokens that have expired anyway.
+    pub async fn prune_revocations(&self, now_unix: i64) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM revoked_tokens WHERE expires_at < $1")
+            .bind(now_unix)
+            .execute(self.writer())
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Forgets assertion ids that have expired (they can no longer be replayed).
     pub async fn prune_assertions(&self, now_unix: i64) -> Result<u64> {
         let done = sqlx::query("DELETE FROM used_assertions WHERE expires_at < $1")
