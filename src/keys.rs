@@ -275,9 +275,14 @@ pub fn jwk_thumbprint(public_key: &[u8]) -> String {
 pub struct KeyRing {
     store: crate::store::Store,
     sealer: std::sync::Arc<Sealer>,
-    active: std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<SigningKey>>>,
+    active: std::sync::RwLock<
+        std::collections::HashMap<String, (std::time::Instant, std::sync::Arc<SigningKey>)>,
+    >,
     verifying: std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<Vec<u8>>>>,
 }
+
+/// How long a node signs with the key it read before looking for a newer one.
+pub const ACTIVE_KEY_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Key owner name of the broker itself.
 pub const BROKER: &str = "broker";
@@ -300,7 +305,12 @@ impl KeyRing {
 
     /// The owner's current signing key, generated and stored on first use.
     pub async fn active(&self, owner: &str) -> Result<std::sync::Arc<SigningKey>> {
-        if let Some(k) = self.active.read().ok().and_then(|m| m.get(owner).cloned()) {
+        // Re-read now and then, so a rotation made on another node reaches this one.
+        if let Some(k) = self.active.read().ok().and_then(|m| {
+            m.get(owner)
+                .filter(|(at, _)| at.elapsed() < ACTIVE_KEY_TTL)
+                .map(|(_, k)| k.clone())
+        }) {
             return Ok(k);
         }
         let key = match self.store.active_signing_key(owner).await? {
@@ -315,7 +325,7 @@ impl KeyRing {
         };
         let key = std::sync::Arc::new(key);
         if let Ok(mut m) = self.active.write() {
-            m.insert(owner.to_owned(), key.clone());
+            m.insert(owner.to_owned(), (std::time::Instant::now(), key.clone()));
         }
         Ok(key)
     }
@@ -324,7 +334,7 @@ impl KeyRing {
     pub async fn rotate(&self, owner: &str) -> Result<std::sync::Arc<SigningKey>> {
         let key = std::sync::Arc::new(self.rotate_inner(owner).await?);
         if let Ok(mut m) = self.active.write() {
-            m.insert(owner.to_owned(), key.clone());
+            m.insert(owner.to_owned(), (std::time::Instant::now(), key.clone()));
         }
         Ok(key)
     }

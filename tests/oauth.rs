@@ -555,6 +555,7 @@ async fn operability_routes() {
         ("post", "/admin/v1/decisions"),
         ("post", "/admin/v1/policies/reload"),
         ("post", "/introspect"),
+        ("post", "/admin/v1/keys/rotate"),
         ("post", "/revoke"),
     ] {
         assert!(
@@ -564,7 +565,7 @@ async fn operability_routes() {
     }
     let documented: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
     assert_eq!(
-        documented, 48,
+        documented, 49,
         "every documented operation is in the list above"
     );
     s.stop().await;
@@ -731,6 +732,118 @@ async fn introspection_and_revocation() {
     assert_eq!(
         meta["introspection_endpoint"],
         format!("{}/introspect", s.base)
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn key_rotation_keeps_old_signatures_valid() {
+    let s = TestServer::start().await;
+    let lib = s.setup_library().await;
+    let old_token = lib.issuer.clone();
+    let old_kid = jwt_part(&old_token, 0)["kid"].as_str().unwrap().to_owned();
+    let published: Value = s
+        .post_json(&lib.issuer, "/issuer/v1/licenses", &publication(1))
+        .await
+        .json()
+        .await
+        .unwrap();
+
+    let res = s
+        .post_json(
+            &lib.operator,
+            "/admin/v1/keys/rotate",
+            &json!({"owner": "broker"}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let new_kid = res.json::<Value>().await.unwrap()["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(new_kid, old_kid);
+    let (id, secret) = s.client(Role::Issuer, Some(ISSUER)).await;
+    let new_token = s.token(&id, &secret).await;
+    assert_eq!(jwt_part(&new_token, 0)["kid"], new_kid);
+    let jwks: Value = s
+        .http
+        .get(s.url("/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    verify_with_jwks(&old_token, &jwks);
+    verify_with_jwks(&new_token, &jwks);
+    assert_eq!(
+        s.get(&old_token, "/issuer/v1/licenses").await.status(),
+        200,
+        "old tokens live out their time"
+    );
+
+    // An issuing unit's key: new versions use the new key, old ones still verify.
+    let res = s
+        .post_json(
+            &lib.operator,
+            "/admin/v1/keys/rotate",
+            &json!({"owner": ISSUER}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let id1 = published["identifier"].as_str().unwrap();
+    let mut update = publication(1);
+    update["fields"]["name"] = json!("新名");
+    let body = json!({"fields": update["fields"], "valid_from": "2024-01-01", "valid_until": "2034-01-01"});
+    let v2: Value = s
+        .put_json(&new_token, &format!("/issuer/v1/licenses/{id1}"), &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let issuer_jwks: Value = s
+        .http
+        .get(s.url(&format!("/issuers/{ISSUER}/jwks.json")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(issuer_jwks["keys"].as_array().unwrap().len(), 2);
+    verify_sd_jwt(published["sd_jwt"].as_str().unwrap(), &issuer_jwks);
+    verify_sd_jwt(v2["sd_jwt"].as_str().unwrap(), &issuer_jwks);
+    assert_ne!(
+        jwt_part(
+            published["sd_jwt"]
+                .as_str()
+                .unwrap()
+                .split('~')
+                .next()
+                .unwrap(),
+            0
+        )["kid"],
+        jwt_part(v2["sd_jwt"].as_str().unwrap().split('~').next().unwrap(), 0)["kid"]
+    );
+    assert_eq!(
+        s.post_json(
+            &lib.operator,
+            "/admin/v1/keys/rotate",
+            &json!({"owner": "nobody"})
+        )
+        .await
+        .status(),
+        404
+    );
+    assert_eq!(
+        s.post_json(
+            &lib.issuer,
+            "/admin/v1/keys/rotate",
+            &json!({"owner": "broker"})
+        )
+        .await
+        .status(),
+        403
     );
     s.stop().await;
 }

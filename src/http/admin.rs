@@ -22,6 +22,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(create_type))
         .routes(routes!(update_type))
         .routes(routes!(create_client))
+        .routes(routes!(rotate_key))
 }
 
 /// Registers an issuing unit and generates its signing key.
@@ -92,4 +93,55 @@ async fn create_client(
         StatusCode::CREATED,
         Json(state.clients.create(&claims.actor(), req).await?),
     ))
+}
+
+/// Which key to rotate.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRotation {
+    /// `broker`, or the unified social credit code of an issuing unit.
+    pub owner: String,
+}
+
+/// The new key.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct RotatedKey {
+    /// Key id now used for signing.
+    pub kid: String,
+}
+
+/// Rotates a signing key (the broker's or an issuing unit's). The old key stays
+/// in the JWKS, so everything it signed still verifies; other nodes switch to
+/// the new key within a minute.
+#[utoipa::path(post, path = "/admin/v1/keys/rotate", tag = "admin", request_body = KeyRotation,
+    responses((status = 200, description = "Rotated", body = RotatedKey),
+              (status = 404, description = "No such issuing unit", body = Problem)),
+    security(("bearer" = ["catalog:write"])))]
+async fn rotate_key(
+    State(state): State<AppState>,
+    Operator(op): Operator,
+    ApiJson(req): ApiJson<KeyRotation>,
+) -> Result<Json<RotatedKey>> {
+    let owner = if req.owner == crate::keys::BROKER {
+        crate::keys::BROKER.to_owned()
+    } else if state.store.issuer(&req.owner).await?.is_some() {
+        crate::keys::issuer_owner(&req.owner)
+    } else {
+        return Err(crate::error::Error::NotFound(format!(
+            "no issuing unit {}",
+            req.owner
+        )));
+    };
+    let key = state.keys.rotate(&owner).await?;
+    state
+        .audit
+        .record(
+            op.actor()
+                .event("key.rotated", crate::audit::Outcome::Success)
+                .reason(format!("{owner} now signs with {}", key.kid())),
+        )
+        .await?;
+    Ok(Json(RotatedKey {
+        kid: key.kid().to_owned(),
+    }))
 }
