@@ -67,7 +67,8 @@ impl App {
         // Invalid policies stop the start: nothing may run on rules that do not check.
         let policies = crate::policy::Policies::load(&config.policy_dir)
             .map_err(|e| Error::BadRequest(format!("invalid policies: {e}")))?;
-        let audit = AuditLog::start(store.clone());
+        let metrics = Metrics::default();
+        let audit = AuditLog::start(store.clone(), &metrics);
         let services = Services {
             library: Library::new(
                 store.clone(),
@@ -85,7 +86,7 @@ impl App {
                 config.public_url.clone(),
                 config.access_token_ttl,
             ),
-            metrics: Metrics::default(),
+            metrics,
             keys,
             store,
             config,

@@ -53,6 +53,12 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
+    /// Audit records committed by this process.
+    pub audit_records: Counter,
+    /// Records per audit group commit.
+    pub audit_batch: Histogram,
+    /// Audit appends that failed (the callers were refused).
+    pub audit_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -72,10 +78,31 @@ impl Default for Metrics {
             "HTTP request latency by route",
             latency.clone(),
         );
+        let audit_records = Counter::default();
+        let audit_batch = Histogram::new(exponential_buckets(1.0, 2.0, 11));
+        let audit_failures = Counter::default();
+        registry.register(
+            "audit_records",
+            "Audit records committed by this process",
+            audit_records.clone(),
+        );
+        registry.register(
+            "audit_batch_records",
+            "Records per audit group commit",
+            audit_batch.clone(),
+        );
+        registry.register(
+            "audit_append_failures",
+            "Audit appends that failed",
+            audit_failures.clone(),
+        );
         Metrics {
             registry,
             requests,
             latency,
+            audit_records,
+            audit_batch,
+            audit_failures,
         }
     }
 }

@@ -488,6 +488,12 @@ async fn operability_routes() {
         "{metrics}"
     );
     assert!(metrics.contains("licensegate_http_request_duration_seconds_bucket"));
+    // The token above was audited through the group-commit writer.
+    assert!(
+        metrics.contains("licensegate_audit_records_total"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("licensegate_audit_batch_records_bucket"));
 
     // The OpenAPI document covers every route the server answers.
     let doc: Value = s

@@ -404,9 +404,14 @@ pub struct AuditLog {
 
 impl AuditLog {
     /// Starts the writer task.
-    pub fn start(store: Store) -> Arc<Self> {
+    pub fn start(store: Store, metrics: &crate::telemetry::Metrics) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(MAX_BATCH * 8);
-        tokio::spawn(writer(store.clone(), rx));
+        let counters = WriterMetrics {
+            records: metrics.audit_records.clone(),
+            batch: metrics.audit_batch.clone(),
+            failures: metrics.audit_failures.clone(),
+        };
+        tokio::spawn(writer(store.clone(), rx, counters));
         Arc::new(AuditLog { queue: tx, store })
     }
 
@@ -427,7 +432,13 @@ impl AuditLog {
     }
 }
 
-async fn writer(store: Store, mut rx: mpsc::Receiver<Pending>) {
+struct WriterMetrics {
+    records: prometheus_client::metrics::counter::Counter,
+    batch: prometheus_client::metrics::histogram::Histogram,
+    failures: prometheus_client::metrics::counter::Counter,
+}
+
+async fn writer(store: Store, mut rx: mpsc::Receiver<Pending>, metrics: WriterMetrics) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -442,13 +453,16 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Pending>) {
         }
         let events: Vec<AuditEvent> = batch.iter().map(|p| p.event.clone()).collect();
         let result = commit_batch(&store, events).await;
+        metrics.batch.observe(batch.len() as f64);
         match result {
             Ok(seqs) => {
+                metrics.records.inc_by(seqs.len() as u64);
                 for (p, seq) in batch.drain(..).zip(seqs) {
                     let _ = p.done.send(Ok(seq));
                 }
             }
             Err(e) => {
+                metrics.failures.inc_by(batch.len() as u64);
                 tracing::error!(error = %e, records = batch.len(), "audit append failed");
                 for p in batch.drain(..) {
                     let _ = p.done.send(Err(Error::Unavailable(
