@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,29 +26,9 @@ async fn shared_db(dir: &std::path::Path) -> Vec<String> {
     args
 }
 
-#[allow(clippy::zombie_processes)] // every caller kills and waits for the node
 async fn start_node(db: &[String]) -> Node {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = licensegate()
-        .args(db)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "serve"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    for _ in 0..300 {
-        if http.get(format!("{base}/healthz")).send().await.is_ok() {
-            return Node { child, base };
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("node did not start");
+    let (child, base) = spawn_server(db, &[], false).await;
+    Node { child, base }
 }
 
 fn create_client(db: &[String]) -> (String, String) {

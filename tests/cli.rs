@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
@@ -197,29 +197,8 @@ async fn demo_then_cli_import() {
 async fn sigterm_finishes_in_flight_requests() {
     let dir = tempfile::tempdir().unwrap();
     let args = db_args(dir.path()).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("http://127.0.0.1:{port}");
-    let child = bin()
-        .args(&args)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "serve", "--demo"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (child, base) = common::spawn_server(&args, &["--demo"], true).await;
     let http = reqwest::Client::new();
-    let mut up = false;
-    for _ in 0..600 {
-        if http.get(format!("{base}/healthz")).send().await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(up, "server came up");
     let creds: Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("demo-credentials.json")).unwrap(),
     )

@@ -421,11 +421,7 @@ async fn decisions_follow_the_license_status() {
 #[tokio::test]
 async fn policies_reload_and_invalid_policies_are_refused() {
     let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    let dir = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(&shipped).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
-    }
+    let dir = copy_of_policies();
     let policy_dir = dir.path().to_path_buf();
     let s = TestServer::start_with(|c| c.policy_dir = Some(policy_dir.clone())).await;
     let op = s.operator_token().await;
@@ -666,12 +662,7 @@ async fn keys_are_fetched_from_the_jwks_uri_and_refreshed_on_rotation() {
 
 #[tokio::test]
 async fn sighup_reloads_the_policies_and_is_audited() {
-    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    let policies = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(&shipped).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, policies.path().join(p.file_name().unwrap())).unwrap();
-    }
+    let policies = copy_of_policies();
     let data = tempfile::tempdir().unwrap();
     let mut db = vec!["--data-dir".to_owned(), data.path().display().to_string()];
     if backend() == "postgres" {
@@ -680,29 +671,8 @@ async fn sighup_reloads_the_policies_and_is_audited() {
     }
     db.push("--policy-dir".into());
     db.push(policies.path().display().to_string());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = licensegate()
-        .args(&db)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "serve"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut child, base) = spawn_server(&db, &[], false).await;
     let http = reqwest::Client::new();
-    for _ in 0..300 {
-        if http
-            .get(format!("http://127.0.0.1:{port}/healthz"))
-            .send()
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
     let hup = || {
         std::process::Command::new("kill")
             .args(["-HUP", &child.id().to_string()])
@@ -720,7 +690,7 @@ async fn sighup_reloads_the_policies_and_is_audited() {
     assert!(hup().success());
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(
-        http.get(format!("http://127.0.0.1:{port}/healthz"))
+        http.get(format!("{base}/healthz"))
             .send()
             .await
             .unwrap()

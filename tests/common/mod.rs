@@ -356,3 +356,55 @@ pub fn licensegate() -> std::process::Command {
     }
     c
 }
+
+/// A copy of the shipped policies in a temporary directory, to change in a test.
+pub fn copy_of_policies() -> tempfile::TempDir {
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(&shipped).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+/// Starts `licensegate ARGS --listen 127.0.0.1:<free port> serve EXTRA…` as a
+/// process and waits until it answers; returns it with its base URL. With
+/// `capture`, its stdout and stderr are piped for the test to read.
+#[allow(clippy::zombie_processes)] // every caller stops and waits for the process
+pub async fn spawn_server(
+    args: &[String],
+    extra: &[&str],
+    capture: bool,
+) -> (std::process::Child, String) {
+    use std::process::Stdio;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let io = || {
+        if capture {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        }
+    };
+    let child = licensegate()
+        .args(args)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "serve"])
+        .args(extra)
+        .stdout(io())
+        .stderr(io())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    for _ in 0..600 {
+        if http.get(format!("{base}/healthz")).send().await.is_ok() {
+            return (child, base);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("licensegate did not come up on {base}");
+}
