@@ -54,6 +54,13 @@ pub struct App {
 impl App {
     /// Connects to the database, applies migrations and builds the services.
     pub async fn build(config: Config) -> Result<Self> {
+        Self::build_with(config, true).await
+    }
+
+    /// Builds the application; with `policies_required` false (audit tools,
+    /// which a regulator must be able to run whatever state the policy files
+    /// are in) invalid policies are reported and nothing is allowed instead.
+    pub async fn build_with(config: Config, policies_required: bool) -> Result<Self> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             Error::internal(format!("cannot create {}: {e}", config.data_dir.display()))
         })?;
@@ -65,8 +72,18 @@ impl App {
         // Make sure the broker has a signing key before the first request.
         keys.active(BROKER).await?;
         // Invalid policies stop the start: nothing may run on rules that do not check.
-        let policies = crate::policy::Policies::load(&config.policy_dir)
-            .map_err(|e| Error::BadRequest(format!("invalid policies: {e}")))?;
+        let policies = match crate::policy::Policies::load(&config.policy_dir) {
+            Ok(p) => p,
+            Err(e) if policies_required => {
+                return Err(Error::BadRequest(format!("invalid policies: {e}")))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "invalid policies; every decision will be a refusal");
+                crate::policy::Policies::deny_all(&config.policy_dir).map_err(|e| {
+                    Error::internal(format!("cannot build an empty policy set: {e}"))
+                })?
+            }
+        };
         let metrics = Metrics::default();
         let audit = AuditLog::start(store.clone(), &metrics);
         let services = Services {

@@ -247,7 +247,9 @@ async fn run(command: Command, config: Config) -> licensegate::Result<ExitCode> 
         return Ok(print_report(&report));
     }
     tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "effective configuration");
-    let app = App::build(config).await?;
+    // The audit tools work whatever state the policy files are in.
+    let policies_required = !matches!(command, Command::Audit { .. });
+    let app = App::build_with(config, policies_required).await?;
     match command {
         Command::Migrate => {
             println!("migrations applied");

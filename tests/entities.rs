@@ -484,6 +484,22 @@ async fn policies_reload_and_invalid_policies_are_refused() {
         .unwrap();
     assert!(!out.status.success(), "serve refuses to start");
     assert!(String::from_utf8_lossy(&out.stderr).contains("extra.cedar:3"));
+    // The audit tools still run: a regulator's verification does not depend on policy files.
+    let out = licensegate()
+        .args(s.cli_args())
+        .args([
+            "--policy-dir",
+            dir.path().to_str().unwrap(),
+            "audit",
+            "verify",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ok = licensegate()
         .args(["--policy-dir", shipped.to_str().unwrap(), "policy", "check"])
         .output()

@@ -628,3 +628,28 @@ fn invalid_policies_are_refused_naming_file_and_line() {
     let e = PolicyEngine::load(dir.path()).err().expect("refused");
     assert!(e.message.contains("used twice") && e.line == 1, "{e}");
 }
+
+#[test]
+fn without_policies_nothing_is_allowed() {
+    let engine = PolicyEngine::deny_all().unwrap();
+    let catalog = catalog();
+    let lists = use_lists();
+    let entity = EntityFacts {
+        id: "ent_bank".into(),
+        sector: "bank".into(),
+        status: "active".into(),
+    };
+    let fields = vec!["name".to_owned()];
+    let q = Question {
+        entity: &entity,
+        action: PolicyAction::Request,
+        license_type: &catalog["JMSFZ"],
+        resource: Resource::LicenseType,
+        purpose: "account_opening",
+        fields: &fields,
+        flow: None,
+    };
+    let d = decide(&engine, &lists["bank"], &q);
+    assert!(!d.allowed, "{d:?}");
+    assert!(d.reasons.iter().any(|r| r.starts_with("policy:")));
+}

@@ -153,6 +153,21 @@ impl PolicyEngine {
         })
     }
 
+    /// An engine with no policies: every decision is a refusal.
+    pub fn deny_all() -> Result<Self, PolicyError> {
+        let (schema, _) = Schema::from_cedarschema_str("").map_err(|e| PolicyError {
+            file: String::new(),
+            line: 0,
+            message: e.to_string(),
+        })?;
+        Ok(PolicyEngine {
+            schema,
+            policies: PolicySet::new(),
+            authorizer: Authorizer::new(),
+            origin: HashMap::new(),
+        })
+    }
+
     /// Number of policies.
     pub fn len(&self) -> usize {
         self.policies.policies().count()
@@ -298,6 +313,14 @@ impl Policies {
         Ok(Policies {
             dir: dir.to_path_buf(),
             current: RwLock::new(Arc::new(PolicyEngine::load(dir)?)),
+        })
+    }
+
+    /// No policies (nothing is allowed); `reload` can bring valid ones in.
+    pub fn deny_all(dir: &Path) -> Result<Self, PolicyError> {
+        Ok(Policies {
+            dir: dir.to_path_buf(),
+            current: RwLock::new(Arc::new(PolicyEngine::deny_all()?)),
         })
     }
 
