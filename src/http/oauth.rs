@@ -66,31 +66,8 @@ async fn token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let is_form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/x-www-form-urlencoded")
-        });
     let result = async {
-        if !is_form {
-            return Err(OAuthError::new(
-                OAuthErrorCode::InvalidRequest,
-                "the token request must be application/x-www-form-urlencoded",
-            ));
-        }
-        let params = parse_form(&body)?;
-        let authorization = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        if let (Some(slot), Some(id)) = (&slot, claimed_client(authorization, &params)) {
-            slot.set(Actor {
-                kind: ActorKind::Anonymous,
-                id,
-            });
-        }
+        let (params, authorization) = form_request(&slot, &headers, &body)?;
         token_request(
             &state.clients,
             &state.audit,
@@ -102,31 +79,20 @@ async fn token(
     }
     .await;
     match result {
-        Ok(t) => {
-            let mut res = Json(t).into_response();
-            res.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            res.headers_mut()
-                .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-            res
-        }
+        Ok(t) => no_store(Json(t).into_response()),
         Err(e) => e.into_response(),
     }
 }
 
 /// Parses a form request and authenticates its client, as the token endpoint does.
-async fn authenticated(
-    state: &AppState,
+/// The common start of every OAuth endpoint: a form body (parameters given
+/// once), the Authorization header, and the client it claims to be recorded
+/// as the request's actor (so that a refusal names it).
+fn form_request<'h>(
     slot: &Option<axum::Extension<super::context::ActorSlot>>,
-    headers: &HeaderMap,
+    headers: &'h HeaderMap,
     body: &[u8],
-) -> Result<
-    (
-        crate::oauth::Client,
-        std::collections::HashMap<String, String>,
-    ),
-    OAuthError,
-> {
+) -> Result<(std::collections::HashMap<String, String>, Option<&'h str>), OAuthError> {
     let is_form = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -151,6 +117,23 @@ async fn authenticated(
             id,
         });
     }
+    Ok((params, authorization))
+}
+
+/// A form request from an authenticated, active client (introspection, revocation).
+async fn authenticated(
+    state: &AppState,
+    slot: &Option<axum::Extension<super::context::ActorSlot>>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<
+    (
+        crate::oauth::Client,
+        std::collections::HashMap<String, String>,
+    ),
+    OAuthError,
+> {
+    let (params, authorization) = form_request(slot, headers, body)?;
     let client = state.clients.authenticate(authorization, &params).await?;
     if client.status != crate::oauth::ClientStatus::Active {
         return Err(OAuthError::new(
@@ -164,6 +147,8 @@ async fn authenticated(
 fn no_store(mut res: Response) -> Response {
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res.headers_mut()
+        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     res
 }
 
