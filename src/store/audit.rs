@@ -186,12 +186,6 @@ pub fn decode_page_json(text: &str) -> Result<Vec<AuditRecord>> {
     Ok(rows.into_iter().map(AuditRecord::from).collect())
 }
 
-/// Decodes one row of [`Store::audit_range_json`].
-pub fn decode_record_json(text: &str) -> Result<AuditRecord> {
-    let t: RecordTuple = serde_json::from_str(text).map_err(Error::internal)?;
-    Ok(t.into())
-}
-
 fn record_json(r: &AuditRecord) -> serde_json::Value {
     serde_json::json!([
         r.seq,
@@ -371,33 +365,9 @@ impl Store {
         Ok(rows.len() as i64)
     }
 
-    /// Every record with `after < seq <= until`, in order, unfiltered (the
-    /// fast path for verification: each row comes back as one JSON array, which
-    /// decodes several times faster than sixteen driver values).
+    /// Every record with `after < seq <= until`, in order, unfiltered.
     pub async fn audit_range(&self, after: i64, until: i64) -> Result<Vec<AuditRecord>> {
-        self.audit_range_json(after, until)
-            .await?
-            .iter()
-            .map(|t| decode_record_json(t))
-            .collect()
-    }
-
-    /// The rows of [`Store::audit_range`] still as JSON text, so that a caller
-    /// can decode them on another thread.
-    pub async fn audit_range_json(&self, after: i64, until: i64) -> Result<Vec<String>> {
-        let array = match self.backend() {
-            super::Backend::Sqlite => format!("json_array({COLUMNS})"),
-            super::Backend::Postgres => format!("json_build_array({COLUMNS})::text"),
-        };
-        let sql = format!(
-            "SELECT {array} AS r FROM audit_records WHERE seq > $1 AND seq <= $2 ORDER BY seq"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(after)
-            .bind(until)
-            .fetch_all(self.reader())
-            .await?;
-        rows.iter().map(|row| col(row, "r")).collect()
+        decode_page_json(&self.audit_page_json(after, until).await?)
     }
 
     /// The records with `after < seq <= until` as one JSON array of arrays,
