@@ -123,15 +123,8 @@ pub struct Verdict {
 }
 
 fn valid_redirect_uri(uri: &str) -> bool {
-    let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
-        .iter()
-        .any(|p| {
-            uri.strip_prefix(p)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/']))
-        });
-    (uri.starts_with("https://") || loopback)
+    crate::oauth::client_auth::is_https_or_loopback(uri)
         && !uri.contains('#')
-        && uri.len() <= 2000
         && !uri.contains(char::is_whitespace)
 }
 

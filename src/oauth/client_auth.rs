@@ -527,6 +527,11 @@ impl Clients {
 
 /// A JWKS URI: https, or http on the loopback interface (development and tests).
 pub fn valid_jwks_uri(uri: &str) -> bool {
+    is_https_or_loopback(uri)
+}
+
+/// https, or plain http to the loopback interface only; at most 2,000 characters.
+pub fn is_https_or_loopback(uri: &str) -> bool {
     let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
         .iter()
         .any(|p| {
