@@ -40,6 +40,8 @@ pub struct Services {
     pub tokens: AccessTokens,
     /// Metrics.
     pub metrics: Metrics,
+    /// Keys derived from the master key (sealing, keyed digests, CSRF tokens).
+    pub sealer: Arc<Sealer>,
 }
 
 /// Shared state of the HTTP handlers.
@@ -94,7 +96,13 @@ impl App {
                 audit.clone(),
                 config.public_url.clone(),
             ),
-            clients: Clients::new(store.clone(), sealer, audit.clone(), &config.public_url),
+            clients: Clients::new(
+                store.clone(),
+                sealer.clone(),
+                audit.clone(),
+                &config.public_url,
+            ),
+            sealer,
             checkpoints: Checkpoints::new(store.clone(), keys.clone(), config.public_url.clone()),
             policies,
             audit,
@@ -240,6 +248,9 @@ async fn maintenance(services: AppState) {
             }
             if let Err(e) = services.store.prune_revocations(now).await {
                 tracing::warn!(error = %e, "pruning revoked tokens failed");
+            }
+            if let Err(e) = services.store.prune_consent_flows(now).await {
+                tracing::warn!(error = %e, "pruning expired codes, requests and sessions failed");
             }
         }
     }

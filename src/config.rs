@@ -50,6 +50,9 @@ pub struct Settings {
     /// Lifetime of access tokens, in seconds [default: 300].
     #[arg(long, env = "LICENSEGATE_ACCESS_TOKEN_TTL", global = true)]
     pub access_token_ttl: Option<u64>,
+    /// Seconds a CIBA client must wait between polls [default: 5].
+    #[arg(long, env = "LICENSEGATE_CIBA_POLL_INTERVAL", global = true)]
+    pub ciba_poll_interval: Option<u64>,
     /// Largest accepted request body, in bytes [default: 1048576].
     #[arg(long, env = "LICENSEGATE_MAX_BODY_BYTES", global = true)]
     pub max_body_bytes: Option<usize>,
@@ -89,6 +92,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Access-token lifetime in seconds.
     pub access_token_ttl: u64,
+    /// Seconds between CIBA polls.
+    pub ciba_poll_interval: u64,
     /// Largest request body.
     pub max_body_bytes: usize,
     /// Largest bulk-import body.
@@ -143,6 +148,11 @@ impl Config {
                 .or(file.access_token_ttl)
                 .unwrap_or(300)
                 .clamp(10, 3600),
+            ciba_poll_interval: over
+                .ciba_poll_interval
+                .or(file.ciba_poll_interval)
+                .unwrap_or(5)
+                .clamp(1, 60),
             max_body_bytes: over
                 .max_body_bytes
                 .or(file.max_body_bytes)

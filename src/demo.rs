@@ -44,6 +44,19 @@ pub struct DemoCredentials {
     pub token_endpoint: String,
     /// Clients.
     pub clients: Vec<DemoClient>,
+    /// Holders with accounts (log in at /login with identifier and password).
+    pub holders: Vec<DemoHolder>,
+}
+
+/// A demo holder account.
+#[derive(Debug, Serialize)]
+pub struct DemoHolder {
+    /// ID number or USCC (the login name).
+    pub identifier: String,
+    /// Name.
+    pub name: String,
+    /// Password.
+    pub password: String,
 }
 
 fn scenario(
@@ -646,6 +659,7 @@ pub async fn load(services: &Services) -> Result<()> {
                 redirect_uris: vec!["https://127.0.0.1/callback".into()],
                 jwks: None,
                 jwks_uri: None,
+                dpop_bound_access_tokens: false,
                 scenarios,
             },
         )
@@ -664,13 +678,43 @@ pub async fn load(services: &Services) -> Result<()> {
     }
     let pubs = publications()?;
     let total = pubs.len();
+    // Three people (each with an ID card and a driving license) and one
+    // organisation get holder accounts, to try the consent pages with.
+    let mut account_holders: Vec<crate::licenses::HolderInput> = Vec::new();
+    for (_, req) in &pubs {
+        let kind = req.holder.kind;
+        let taken = account_holders.iter().filter(|h| h.kind == kind).count();
+        let wanted = if kind == crate::licenses::catalog::HolderKind::Person {
+            3
+        } else {
+            1
+        };
+        if taken < wanted
+            && !account_holders
+                .iter()
+                .any(|h| h.identifier == req.holder.identifier)
+        {
+            account_holders.push(req.holder.clone());
+        }
+    }
     for (unit, req) in pubs {
         services.library.publish(&actors[unit], req).await?;
+    }
+    let mut holders = Vec::new();
+    for h in account_holders {
+        let password = crate::keys::random_token(12)?;
+        crate::holders::set_password(services, &h.identifier, &password).await?;
+        holders.push(DemoHolder {
+            identifier: h.identifier,
+            name: h.name,
+            password,
+        });
     }
     let creds = DemoCredentials {
         token_endpoint: format!("{base}/token"),
         base_url: base.clone(),
         clients,
+        holders,
     };
     let text = serde_json::to_string_pretty(&creds).map_err(Error::internal)?;
     let _ = std::fs::remove_file(&path);
@@ -683,6 +727,7 @@ pub async fn load(services: &Services) -> Result<()> {
          TOKEN=$(curl -s -u '{}:{}' -d grant_type=client_credentials {base}/token | jq -r .access_token)\n  \
          curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/issuer/v1/licenses?limit=3'\n  \
          curl -s {base}/catalog/v1/license-types\n  \
+         open {base}/login   (holder accounts are in the credentials file)\n  \
          open {base}/openapi.json",
         units.len(),
         path.display(),

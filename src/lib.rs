@@ -14,9 +14,11 @@
 pub mod app;
 pub mod audit;
 pub mod config;
+pub mod consent;
 pub mod demo;
 pub mod entities;
 pub mod error;
+pub mod holders;
 pub mod http;
 pub mod keys;
 pub mod licenses;
@@ -24,6 +26,7 @@ pub mod oauth;
 pub mod policy;
 pub mod store;
 pub mod telemetry;
+pub mod web;
 
 pub use app::{App, Services};
 pub use config::Config;

@@ -155,8 +155,8 @@ async fn onboarding_use_list_suspension_and_rotation() {
         .iter()
         .any(|r| r == "policy:bank-account-opening-and-loans"));
 
-    // Token endpoint: the approved entity authenticates (and is then told entities get
-    // tokens through consent); the wrong secret does not authenticate.
+    // Token endpoint: the approved entity authenticates (and is then told it may not
+    // have operator scopes); the wrong secret does not authenticate.
     let token = |secret: String| {
         let s = &s;
         let id = id.clone();
@@ -164,7 +164,10 @@ async fn onboarding_use_list_suspension_and_rotation() {
             s.http
                 .post(s.url("/token"))
                 .basic_auth(&id, Some(&secret))
-                .form(&[("grant_type", "client_credentials")])
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("scope", "catalog:write"),
+                ])
                 .send()
                 .await
                 .unwrap()
@@ -172,10 +175,7 @@ async fn onboarding_use_list_suspension_and_rotation() {
     };
     let res = token(secret.clone()).await;
     assert_eq!(res.status(), 400);
-    assert_eq!(
-        res.json::<Value>().await.unwrap()["error"],
-        "unauthorized_client"
-    );
+    assert_eq!(res.json::<Value>().await.unwrap()["error"], "invalid_scope");
 
     // Withdrawing the scenario takes effect on the very next decision; changing it back too.
     let res = s
@@ -604,6 +604,7 @@ async fn keys_are_fetched_from_the_jwks_uri_and_refreshed_on_rotation() {
                 .post(s.url("/token"))
                 .form(&[
                     ("grant_type", "client_credentials"),
+                    ("scope", "catalog:write"),
                     (
                         "client_assertion_type",
                         "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
@@ -622,16 +623,16 @@ async fn keys_are_fetched_from_the_jwks_uri_and_refreshed_on_rotation() {
             )
         }
     };
-    // Authenticated (then told entities get tokens through consent).
+    // Authenticated (then told an entity may not have operator scopes).
     assert_eq!(
         post(assert_with(&k1, "k1", "j1")).await,
-        (400, "unauthorized_client".into())
+        (400, "invalid_scope".into())
     );
     // The entity rotates to k2: the unknown kid makes licensegate fetch its keys again.
     *published.lock().unwrap() = json!({"keys": [jwk2]});
     assert_eq!(
         post(assert_with(&k2, "k2", "j2")).await,
-        (400, "unauthorized_client".into())
+        (400, "invalid_scope".into())
     );
     // A key it never published is refused.
     assert_eq!(

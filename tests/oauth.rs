@@ -203,14 +203,32 @@ async fn token_endpoint_errors_follow_rfc6749() {
         .unwrap();
     oauth_error(res, 400, "invalid_request").await;
 
-    // Entities get tokens through holder consent, never on their own.
+    // Entities read licenses through holder consent, never on their own: by
+    // themselves they get only the grant-management scopes.
     let (ent, ent_secret) = s.client(Role::Entity, None).await;
     oauth_error(
-        token_form(&s, Some((&ent, &ent_secret)), &cc).await,
+        token_form(
+            &s,
+            Some((&ent, &ent_secret)),
+            &[
+                ("grant_type", "client_credentials"),
+                ("scope", "licenses:write"),
+            ],
+        )
+        .await,
         400,
-        "unauthorized_client",
+        "invalid_scope",
     )
     .await;
+    let own: Value = token_form(&s, Some((&ent, &ent_secret)), &cc)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        own["scope"],
+        "grant_management_query grant_management_revoke"
+    );
 
     // Secrets are stored as keyed digests only.
     let stored = s.services.store.client(&id).await.unwrap().unwrap();
@@ -571,7 +589,7 @@ async fn operability_routes() {
     }
     let documented: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
     assert_eq!(
-        documented, 49,
+        documented, 66,
         "every documented operation is in the list above"
     );
     s.stop().await;

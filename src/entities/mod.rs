@@ -54,6 +54,10 @@ pub struct Application {
     /// approval and again when an assertion names a key not seen yet.
     #[serde(default)]
     pub jwks_uri: Option<String>,
+    /// Whether its access tokens must be sender-constrained with DPoP
+    /// (RFC 9449 client metadata `dpop_bound_access_tokens`).
+    #[serde(default)]
+    pub dpop_bound_access_tokens: bool,
     /// The scenarios it asks to be approved.
     pub scenarios: Vec<Scenario>,
 }
@@ -87,6 +91,8 @@ pub struct EntityView {
     pub has_jwks: bool,
     /// Its JWKS URI.
     pub jwks_uri: Option<String>,
+    /// Whether its tokens must be DPoP-bound.
+    pub dpop_bound_access_tokens: bool,
     /// pending, approved, rejected or suspended.
     pub status: String,
     /// Filing number (备案号).
@@ -283,6 +289,7 @@ pub async fn apply(services: &Services, app: Application) -> Result<EntityView> 
         redirect_uris: serde_json::to_string(&app.redirect_uris).map_err(Error::internal)?,
         jwks,
         jwks_uri: app.jwks_uri.clone(),
+        dpop_bound: app.dpop_bound_access_tokens,
         status: "pending".into(),
         filing_no: None,
         reason: None,
@@ -356,6 +363,7 @@ pub async fn view(services: &Services, id: &str) -> Result<EntityView> {
         sector: e.sector,
         contact: e.contact,
         jwks_uri: e.jwks_uri,
+        dpop_bound_access_tokens: e.dpop_bound,
         status: e.status,
         filing_no: e.filing_no,
         reason: e.reason,

@@ -35,6 +35,15 @@ impl ActorSlot {
 fn audited(path: &str) -> bool {
     [
         "/token",
+        "/par",
+        "/bc-authorize",
+        "/authorize",
+        "/login",
+        "/logout",
+        "/holder/",
+        "/grants/",
+        "/introspect",
+        "/revoke",
         "/admin/",
         "/issuer/",
         "/audit/",

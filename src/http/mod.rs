@@ -3,9 +3,11 @@
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod authorize;
 pub mod catalog;
 pub mod context;
 pub mod entities;
+pub mod grants;
 pub mod issuer;
 pub mod oauth;
 pub mod ops;
@@ -39,6 +41,7 @@ pub struct ApiJson<T>(pub T);
     modifiers(&SecuritySchemes),
     tags(
         (name = "oauth", description = "OAuth 2 authorization server"),
+        (name = "holder", description = "Holders' pages and API: login, consent, pending requests, showing a license, consents"),
         (name = "catalog", description = "The license catalog and issuing units (public)"),
         (name = "admin", description = "Operator API"),
         (name = "issuer", description = "Issuing-unit API: publish and manage licenses"),
@@ -75,6 +78,8 @@ pub fn router(state: AppState) -> axum::Router {
     let config = &state.config;
     let (api, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(oauth::router())
+        .merge(authorize::router())
+        .merge(grants::router())
         .merge(catalog::router())
         .merge(admin::router())
         .merge(issuer::router(config.max_import_bytes))

@@ -68,14 +68,8 @@ async fn token(
 ) -> Response {
     let result = async {
         let (params, authorization) = form_request(&slot, &headers, &body)?;
-        token_request(
-            &state.clients,
-            &state.audit,
-            &state.tokens,
-            authorization,
-            &params,
-        )
-        .await
+        let dpop = headers.get("dpop").and_then(|v| v.to_str().ok());
+        token_request(&state, authorization, dpop, &params).await
     }
     .await;
     match result {
@@ -88,7 +82,7 @@ async fn token(
 /// The common start of every OAuth endpoint: a form body (parameters given
 /// once), the Authorization header, and the client it claims to be recorded
 /// as the request's actor (so that a refusal names it).
-fn form_request<'h>(
+pub(crate) fn form_request<'h>(
     slot: &Option<axum::Extension<super::context::ActorSlot>>,
     headers: &'h HeaderMap,
     body: &[u8],
@@ -144,7 +138,7 @@ async fn authenticated(
     Ok((client, params))
 }
 
-fn no_store(mut res: Response) -> Response {
+pub(crate) fn no_store(mut res: Response) -> Response {
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res.headers_mut()
@@ -235,14 +229,38 @@ async fn metadata(State(state): State<AppState>) -> Json<Value> {
         "issuer": base,
         "token_endpoint": format!("{base}/token"),
         "jwks_uri": format!("{base}/jwks.json"),
-        "grant_types_supported": ["client_credentials"],
+        "authorization_endpoint": format!("{base}/authorize"),
+        "pushed_authorization_request_endpoint": format!("{base}/par"),
+        "require_pushed_authorization_requests": true,
+        "request_uri_parameter_supported": true,
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "authorization_response_iss_parameter_supported": true,
+        "code_challenge_methods_supported": ["S256"],
+        "authorization_details_types_supported": [crate::consent::DETAILS_TYPE],
+        "grant_types_supported": [
+            "authorization_code",
+            "refresh_token",
+            "client_credentials",
+            crate::oauth::grants::CIBA_GRANT,
+            crate::oauth::grants::SHOW_GRANT,
+        ],
+        "backchannel_authentication_endpoint": format!("{base}/bc-authorize"),
+        "backchannel_token_delivery_modes_supported": ["poll"],
+        "backchannel_user_code_parameter_supported": false,
+        "dpop_signing_alg_values_supported": ["ES256", "PS256", "EdDSA"],
+        "grant_management_endpoint": format!("{base}/grants"),
+        "grant_management_actions_supported": ["query", "revoke"],
         "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
         "introspection_endpoint": format!("{base}/introspect"),
         "introspection_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
         "revocation_endpoint": format!("{base}/revoke"),
         "revocation_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
         "token_endpoint_auth_signing_alg_values_supported": ["ES256", "PS256", "EdDSA"],
-        "scopes_supported": ["catalog:write", "clients:write", "licenses:write", "audit:read"],
+        "scopes_supported": [
+            "catalog:write", "clients:write", "licenses:write", "audit:read",
+            "grant_management_query", "grant_management_revoke",
+        ],
         "service_documentation": format!("{base}/openapi.json"),
     }))
 }

@@ -471,6 +471,54 @@ impl Library {
 
     // ---- licenses ------------------------------------------------------------
 
+    /// The holder (id, kind) with this identifier (ID number or USCC), if any.
+    pub async fn holder_by_identifier(
+        &self,
+        identifier: &str,
+    ) -> Result<Option<(String, HolderKind)>> {
+        for kind in [HolderKind::Person, HolderKind::Organisation] {
+            if let Some((id, k)) = self
+                .store
+                .holder_by_digest(&self.holder_digest(kind, identifier))
+                .await?
+            {
+                return Ok(Some((id, HolderKind::parse(&k)?)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A holder's identity (opened from its sealed form).
+    pub async fn holder(&self, holder_id: &str) -> Result<HolderView> {
+        let (kind, sealed) = self
+            .store
+            .holder_identity(holder_id)
+            .await?
+            .ok_or_else(|| Error::NotFound("no such holder".into()))?;
+        self.open_holder(holder_id, &kind, &sealed)
+    }
+
+    /// Every license of a holder with the identifier of its current version.
+    pub async fn holder_licenses(&self, holder_id: &str) -> Result<Vec<(LicenseRow, String)>> {
+        let rows = self
+            .store
+            .licenses(&LicenseFilter {
+                issuer_id: None,
+                license_type: None,
+                status: None,
+                holder_id: Some(holder_id),
+                after: None,
+                limit: 1000,
+            })
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let identifier = self.current_identifier(&r).await?;
+            out.push((r, identifier));
+        }
+        Ok(out)
+    }
+
     fn holder_digest(&self, kind: HolderKind, identifier: &str) -> Vec<u8> {
         self.sealer.lookup_digest(
             &format!("holder:{}", kind.as_str()),

@@ -8,7 +8,6 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::client_auth::Clients;
 use super::{Client, ClientStatus, OAuthError, OAuthErrorCode};
 use crate::audit::{Actor, AuditLog, Outcome};
 use crate::error::{Error, Result};
@@ -35,13 +34,31 @@ pub struct AccessClaims {
     pub exp: i64,
     /// Token id.
     pub jti: String,
-    /// Space-separated scopes.
+    /// Space-separated scopes (client_credentials tokens; consent tokens carry
+    /// `authorization_details` instead).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub scope: String,
     /// The issuing unit an issuer client acts for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuing_unit: Option<String>,
     /// The client's role (operator, issuer, entity, regulator).
     pub role: super::Role,
+    /// The holder's consent this token acts under (also its grant id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent: Option<String>,
+    /// What the consent covers (RFC 9396).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_details: Option<serde_json::Value>,
+    /// Sender constraint (RFC 9449 §6): the thumbprint of the client's DPoP key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+/// The `cnf` claim of a DPoP-bound token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Confirmation {
+    /// JWK SHA-256 thumbprint (RFC 7638) of the DPoP key.
+    pub jkt: String,
 }
 
 impl AccessClaims {
@@ -73,13 +90,11 @@ impl AccessTokens {
         }
     }
 
-    /// Signs a token for `client` with `scope`.
-    pub async fn issue(&self, client: &Client, scope: String) -> Result<(String, AccessClaims)> {
-        let key = self.keys.active(BROKER).await?;
+    fn claims(&self, client: &Client, sub: &str, scope: String) -> Result<AccessClaims> {
         let iat = now().unix_timestamp();
-        let claims = AccessClaims {
+        Ok(AccessClaims {
             iss: self.issuer.clone(),
-            sub: client.client_id.clone(),
+            sub: sub.to_owned(),
             aud: self.issuer.clone(),
             client_id: client.client_id.clone(),
             iat,
@@ -88,8 +103,39 @@ impl AccessTokens {
             scope,
             issuing_unit: client.issuer_id.clone(),
             role: client.role,
-        };
+            consent: None,
+            authorization_details: None,
+            cnf: None,
+        })
+    }
+
+    async fn sign(&self, claims: AccessClaims) -> Result<(String, AccessClaims)> {
+        let key = self.keys.active(BROKER).await?;
         Ok((key.sign_jws(AT_TYP, &claims)?, claims))
+    }
+
+    /// Signs a token for `client` with `scope`.
+    pub async fn issue(&self, client: &Client, scope: String) -> Result<(String, AccessClaims)> {
+        let claims = self.claims(client, &client.client_id, scope)?;
+        self.sign(claims).await
+    }
+
+    /// Signs a token acting for a holder under a consent: its subject is the
+    /// holder, it carries the consent id and what it covers, never outlives
+    /// the consent, and is bound to a DPoP key when `jkt` is given.
+    pub async fn issue_for_consent(
+        &self,
+        client: &Client,
+        consent: &crate::store::consent::ConsentRow,
+        jkt: Option<String>,
+    ) -> Result<(String, AccessClaims)> {
+        let mut claims = self.claims(client, &consent.holder_id, String::new())?;
+        claims.exp = claims.exp.min(consent.expires_at);
+        claims.consent = Some(consent.id.clone());
+        claims.authorization_details =
+            Some(serde_json::from_str(&consent.details).map_err(crate::error::Error::internal)?);
+        claims.cnf = jkt.map(|jkt| Confirmation { jkt });
+        self.sign(claims).await
     }
 
     /// Verifies a bearer token: signature by a broker key, `typ`, issuer,
@@ -127,12 +173,23 @@ impl AccessTokens {
 pub struct TokenResponse {
     /// The access token (a JWT, RFC 9068).
     pub access_token: String,
-    /// Always `Bearer`.
+    /// `Bearer`, or `DPoP` for a sender-constrained token.
     pub token_type: &'static str,
     /// Lifetime in seconds.
     pub expires_in: i64,
-    /// Granted scopes.
-    pub scope: String,
+    /// Granted scopes (client_credentials).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// A refresh token, bound to the client (and its DPoP key), lasting as long as the consent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// What the token covers (RFC 9396).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<crate::consent::GrantedAccess>>)]
+    pub authorization_details: Option<serde_json::Value>,
+    /// The consent, for FAPI Grant Management (`/grants/{grant_id}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant_id: Option<String>,
 }
 
 /// Parses an `application/x-www-form-urlencoded` body; a parameter given
@@ -150,39 +207,51 @@ pub fn parse_form(body: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
     Ok(params)
 }
 
-/// The token endpoint: authenticates the client and runs the grant.
+/// The token endpoint: authenticates the client and runs the grant. `dpop`
+/// is the DPoP proof header, if any.
 pub async fn token_request(
-    clients: &Clients,
-    audit: &AuditLog,
-    tokens: &AccessTokens,
+    services: &crate::app::Services,
     authorization: Option<&str>,
+    dpop: Option<&str>,
     params: &HashMap<String, String>,
 ) -> Result<TokenResponse, OAuthError> {
     let grant_type = params
         .get("grant_type")
         .ok_or_else(|| OAuthError::new(OAuthErrorCode::InvalidRequest, "grant_type is required"))?;
-    let client = clients.authenticate(authorization, params).await?;
+    let client = services.clients.authenticate(authorization, params).await?;
     if client.status != ClientStatus::Active {
         return Err(OAuthError::new(
             OAuthErrorCode::InvalidClient,
             "the client is suspended",
         ));
     }
+    let grant = super::grants::TokenGrant {
+        services,
+        client: &client,
+        dpop,
+        params,
+    };
     match grant_type.as_str() {
-        "client_credentials" => {}
-        "authorization_code" | "refresh_token" | "urn:openid:params:grant-type:ciba" => {
-            return Err(OAuthError::new(
-                OAuthErrorCode::UnsupportedGrantType,
-                format!("grant type {grant_type} is not enabled on this server"),
-            ))
+        "client_credentials" => {
+            client_credentials(&services.audit, &services.tokens, &client, params).await
         }
-        other => {
-            return Err(OAuthError::new(
-                OAuthErrorCode::UnsupportedGrantType,
-                format!("grant type {other:?} is not supported"),
-            ))
-        }
+        "authorization_code" => grant.authorization_code().await,
+        "refresh_token" => grant.refresh().await,
+        super::grants::CIBA_GRANT => grant.ciba().await,
+        super::grants::SHOW_GRANT => grant.show_code().await,
+        other => Err(OAuthError::new(
+            OAuthErrorCode::UnsupportedGrantType,
+            format!("grant type {other:?} is not supported"),
+        )),
     }
+}
+
+async fn client_credentials(
+    audit: &AuditLog,
+    tokens: &AccessTokens,
+    client: &Client,
+    params: &HashMap<String, String>,
+) -> Result<TokenResponse, OAuthError> {
     let allowed = client.role.scopes();
     if allowed.is_empty() {
         return Err(OAuthError::new(
@@ -214,7 +283,7 @@ pub async fn token_request(
             granted.join(" ")
         }
     };
-    let (access_token, claims) = tokens.issue(&client, scope).await?;
+    let (access_token, claims) = tokens.issue(client, scope).await?;
     // The token is handed out only once its issuance is on record.
     audit
         .record(
@@ -230,7 +299,10 @@ pub async fn token_request(
         access_token,
         token_type: "Bearer",
         expires_in: claims.exp - claims.iat,
-        scope: claims.scope,
+        scope: Some(claims.scope),
+        refresh_token: None,
+        authorization_details: None,
+        grant_id: None,
     })
 }
 
@@ -263,9 +335,19 @@ pub struct Introspection {
     /// Token id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
-    /// Always `Bearer` for active tokens.
+    /// `Bearer`, or `DPoP` for a sender-constrained token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_type: Option<&'static str>,
+    /// The consent (grant) the token acts under.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant_id: Option<String>,
+    /// What the token covers (RFC 9396 §9.1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<crate::consent::GrantedAccess>>)]
+    pub authorization_details: Option<serde_json::Value>,
+    /// The DPoP key the token is bound to (RFC 9449 §6.2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
 }
 
 /// Introspection (RFC 7662): a client learns about its own tokens; operators
@@ -285,13 +367,29 @@ pub async fn introspect(
     if !may_see {
         return Ok(Introspection::default());
     }
-    match store
-        .client_status_and_revocation(&claims.client_id, &claims.jti)
-        .await?
-    {
-        Some((status, false)) if status == ClientStatus::Active.as_str() => Ok(Introspection {
+    let usable = match &claims.consent {
+        // A token acting for a holder lives only as long as its consent.
+        Some(consent) => {
+            store
+                .consent_token_usable(
+                    &claims.client_id,
+                    &claims.jti,
+                    consent,
+                    now().unix_timestamp(),
+                )
+                .await?
+        }
+        None => matches!(
+            store
+                .client_status_and_revocation(&claims.client_id, &claims.jti)
+                .await?,
+            Some((status, false)) if status == ClientStatus::Active.as_str()
+        ),
+    };
+    match usable {
+        true => Ok(Introspection {
             active: true,
-            scope: Some(claims.scope),
+            scope: (!claims.scope.is_empty()).then_some(claims.scope),
             client_id: Some(claims.client_id),
             sub: Some(claims.sub),
             exp: Some(claims.exp),
@@ -299,14 +397,23 @@ pub async fn introspect(
             iss: Some(claims.iss),
             aud: Some(claims.aud),
             jti: Some(claims.jti),
-            token_type: Some("Bearer"),
+            token_type: Some(if claims.cnf.is_some() {
+                "DPoP"
+            } else {
+                "Bearer"
+            }),
+            grant_id: claims.consent,
+            authorization_details: claims.authorization_details,
+            cnf: claims.cnf,
         }),
-        _ => Ok(Introspection::default()),
+        false => Ok(Introspection::default()),
     }
 }
 
-/// Revocation (RFC 7009): a client revokes a token issued to it. Tokens that
-/// are invalid or already expired need no revocation and are acknowledged.
+/// Revocation (RFC 7009): a client revokes an access or refresh token issued
+/// to it. The consent stays: revoking a token is not withdrawing consent.
+/// Tokens that are invalid or already expired need no revocation and are
+/// acknowledged.
 pub async fn revoke(
     store: &crate::store::Store,
     tokens: &AccessTokens,
@@ -315,7 +422,7 @@ pub async fn revoke(
     token: &str,
 ) -> Result<(), OAuthError> {
     let Ok(claims) = tokens.verify(token).await else {
-        return Ok(());
+        return revoke_refresh(store, audit, caller, token).await;
     };
     if claims.client_id != caller.client_id {
         return Err(OAuthError::new(
@@ -338,5 +445,34 @@ pub async fn revoke(
                 .reason(format!("jti={}", claims.jti)),
         )
         .await?;
+    Ok(())
+}
+
+async fn revoke_refresh(
+    store: &crate::store::Store,
+    audit: &AuditLog,
+    caller: &Client,
+    token: &str,
+) -> Result<(), OAuthError> {
+    let digest = crate::keys::sha256(token);
+    let Some(row) = store.refresh(&digest).await? else {
+        return Ok(());
+    };
+    if row.client_id != caller.client_id {
+        return Err(OAuthError::new(
+            OAuthErrorCode::UnauthorizedClient,
+            "this token was not issued to the client revoking it",
+        ));
+    }
+    if store
+        .revoke_refresh(&digest, &crate::store::timestamp(now()))
+        .await?
+    {
+        let mut e = Actor::client(caller.role, &caller.client_id)
+            .event("token.revoked", Outcome::Success)
+            .reason("refresh token");
+        e.consent = Some(row.consent_id);
+        audit.record(e).await?;
+    }
     Ok(())
 }

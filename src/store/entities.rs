@@ -24,6 +24,8 @@ pub struct EntityRow {
     pub jwks: Option<String>,
     /// JWKS URI.
     pub jwks_uri: Option<String>,
+    /// Whether its access tokens must be DPoP-bound.
+    pub dpop_bound: bool,
     /// pending, approved, rejected, suspended.
     pub status: String,
     /// Filing number given on approval.
@@ -57,6 +59,7 @@ fn entity_from_row(r: &AnyRow) -> Result<EntityRow> {
         redirect_uris: col(r, "redirect_uris")?,
         jwks: col(r, "jwks")?,
         jwks_uri: col(r, "jwks_uri")?,
+        dpop_bound: col::<i64>(r, "dpop_bound")? != 0,
         status: col(r, "status")?,
         filing_no: col(r, "filing_no")?,
         reason: col(r, "reason")?,
@@ -70,8 +73,8 @@ impl Store {
     pub async fn insert_entity(&self, e: &EntityRow, scenarios: &[(String, String)]) -> Result<()> {
         let mut tx = self.writer().begin().await?;
         sqlx::query(
-            "INSERT INTO entities (id, name, uscc, sector, contact, redirect_uris, jwks, jwks_uri, status, filing_no, reason, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
+            "INSERT INTO entities (id, name, uscc, sector, contact, redirect_uris, jwks, jwks_uri, status, filing_no, reason, created_at, updated_at, dpop_bound)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13)",
         )
         .bind(&e.id)
         .bind(&e.name)
@@ -85,6 +88,7 @@ impl Store {
         .bind(&e.filing_no)
         .bind(&e.reason)
         .bind(&e.created_at)
+        .bind(i64::from(e.dpop_bound))
         .execute(&mut *tx)
         .await?;
         for (purpose, spec) in scenarios {

@@ -14,6 +14,7 @@
 pub mod audit;
 pub mod catalog;
 pub mod clients;
+pub mod consent;
 pub mod entities;
 pub mod licenses;
 

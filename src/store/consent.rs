@@ -1,0 +1,702 @@
+//! SQL for the consent flows: holder accounts and sessions, authorization
+//! requests (PAR and CIBA), codes, consents, refresh tokens, show-a-license
+//! codes and DPoP proof ids. Secrets are looked up by their SHA-256 digest.
+
+use sqlx::any::AnyRow;
+
+use super::{col, Store};
+use crate::error::Result;
+
+/// A holder's login record.
+#[derive(Debug, Clone)]
+pub struct AccountRow {
+    /// argon2id PHC string.
+    pub password_hash: String,
+    /// Consecutive failures.
+    pub failed_logins: i64,
+    /// Locked until (unix seconds).
+    pub locked_until: i64,
+}
+
+/// A row of `authorization_requests`.
+#[derive(Debug, Clone)]
+pub struct AuthRequestRow {
+    /// Digest of the request handle (request_uri or auth_req_id).
+    pub digest: Vec<u8>,
+    /// par or ciba.
+    pub kind: String,
+    /// The client.
+    pub client_id: String,
+    /// Where the holder is sent back (PAR).
+    pub redirect_uri: Option<String>,
+    /// The client's state (PAR).
+    pub state: Option<String>,
+    /// PKCE S256 challenge (PAR).
+    pub code_challenge: Option<String>,
+    /// Validated authorization_details (JSON).
+    pub details: String,
+    /// The holder, once known.
+    pub holder_id: Option<String>,
+    /// CIBA binding message.
+    pub binding_message: Option<String>,
+    /// Status.
+    pub status: String,
+    /// The consent made from it.
+    pub consent_id: Option<String>,
+    /// A non-secret id shown to the holder (CIBA pages).
+    pub public_id: String,
+    /// CIBA: seconds between polls.
+    pub poll_interval: i64,
+    /// CIBA: earliest next poll (unix seconds).
+    pub next_poll_at: i64,
+    /// Expiry (unix seconds).
+    pub expires_at: i64,
+    /// Created at.
+    pub created_at: String,
+}
+
+/// A row of `consents`.
+#[derive(Debug, Clone)]
+pub struct ConsentRow {
+    /// Consent id (also the grant id).
+    pub id: String,
+    /// The holder.
+    pub holder_id: String,
+    /// The entity's client.
+    pub client_id: String,
+    /// Purpose code.
+    pub purpose: String,
+    /// redirect, decoupled or show_license.
+    pub flow: String,
+    /// Granted authorization_details (JSON).
+    pub details: String,
+    /// Retrieval budget.
+    pub max_retrievals: i64,
+    /// Retrievals made.
+    pub retrievals: i64,
+    /// active, revoked, used_up.
+    pub status: String,
+    /// Why it was revoked.
+    pub status_reason: Option<String>,
+    /// Expiry (unix seconds).
+    pub expires_at: i64,
+    /// Created at.
+    pub created_at: String,
+    /// Changed at.
+    pub updated_at: String,
+}
+
+/// A row of `authorization_codes`.
+#[derive(Debug, Clone)]
+pub struct CodeRow {
+    /// The client it was issued to.
+    pub client_id: String,
+    /// The redirect URI of the request.
+    pub redirect_uri: String,
+    /// PKCE S256 challenge.
+    pub code_challenge: String,
+    /// The consent.
+    pub consent_id: String,
+    /// Expiry (unix seconds).
+    pub expires_at: i64,
+    /// When it was redeemed.
+    pub used_at: Option<String>,
+}
+
+/// A row of `refresh_tokens`.
+#[derive(Debug, Clone)]
+pub struct RefreshRow {
+    /// The consent.
+    pub consent_id: String,
+    /// The client it is bound to.
+    pub client_id: String,
+    /// The DPoP key it is bound to.
+    pub dpop_jkt: Option<String>,
+    /// Expiry (unix seconds).
+    pub expires_at: i64,
+    /// When revoked.
+    pub revoked_at: Option<String>,
+}
+
+/// A row of `show_codes`.
+#[derive(Debug, Clone)]
+pub struct ShowCodeRow {
+    /// The holder.
+    pub holder_id: String,
+    /// The license id.
+    pub license_id: String,
+    /// JSON array of fields.
+    pub fields: String,
+    /// Expiry (unix seconds).
+    pub expires_at: i64,
+}
+
+fn request_from_row(r: &AnyRow) -> Result<AuthRequestRow> {
+    Ok(AuthRequestRow {
+        digest: col(r, "digest")?,
+        kind: col(r, "kind")?,
+        client_id: col(r, "client_id")?,
+        redirect_uri: col(r, "redirect_uri")?,
+        state: col(r, "state")?,
+        code_challenge: col(r, "code_challenge")?,
+        details: col(r, "details")?,
+        holder_id: col(r, "holder_id")?,
+        binding_message: col(r, "binding_message")?,
+        status: col(r, "status")?,
+        consent_id: col(r, "consent_id")?,
+        public_id: col(r, "public_id")?,
+        poll_interval: col(r, "poll_interval")?,
+        next_poll_at: col(r, "next_poll_at")?,
+        expires_at: col(r, "expires_at")?,
+        created_at: col(r, "created_at")?,
+    })
+}
+
+fn consent_from_row(r: &AnyRow) -> Result<ConsentRow> {
+    Ok(ConsentRow {
+        id: col(r, "id")?,
+        holder_id: col(r, "holder_id")?,
+        client_id: col(r, "client_id")?,
+        purpose: col(r, "purpose")?,
+        flow: col(r, "flow")?,
+        details: col(r, "details")?,
+        max_retrievals: col(r, "max_retrievals")?,
+        retrievals: col(r, "retrievals")?,
+        status: col(r, "status")?,
+        status_reason: col(r, "status_reason")?,
+        expires_at: col(r, "expires_at")?,
+        created_at: col(r, "created_at")?,
+        updated_at: col(r, "updated_at")?,
+    })
+}
+
+impl Store {
+    // ---- holders ------------------------------------------------------------
+
+    /// The holder (id, kind) whose identifier has this keyed digest.
+    pub async fn holder_by_digest(&self, digest: &[u8]) -> Result<Option<(String, String)>> {
+        let row = sqlx::query("SELECT id, kind FROM holders WHERE identifier_digest = $1")
+            .bind(digest)
+            .fetch_optional(self.reader())
+            .await?;
+        row.map(|r| Ok((col(&r, "id")?, col(&r, "kind")?)))
+            .transpose()
+    }
+
+    /// A holder's account.
+    pub async fn holder_account(&self, holder_id: &str) -> Result<Option<AccountRow>> {
+        let row = sqlx::query(
+            "SELECT password_hash, failed_logins, locked_until FROM holder_accounts WHERE holder_id = $1",
+        )
+        .bind(holder_id)
+        .fetch_optional(self.writer())
+        .await?;
+        row.map(|r| {
+            Ok(AccountRow {
+                password_hash: col(&r, "password_hash")?,
+                failed_logins: col(&r, "failed_logins")?,
+                locked_until: col(&r, "locked_until")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Creates or replaces a holder's password (and clears any lock).
+    pub async fn set_holder_password(&self, holder_id: &str, hash: &str, now: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO holder_accounts (holder_id, password_hash, failed_logins, locked_until, created_at, updated_at)
+             VALUES ($1, $2, 0, 0, $3, $3)
+             ON CONFLICT (holder_id) DO UPDATE SET password_hash = $2, failed_logins = 0, locked_until = 0, updated_at = $3",
+        )
+        .bind(holder_id)
+        .bind(hash)
+        .bind(now)
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// Counts a failed login and sets the lock the caller's rule chose.
+    pub async fn record_login_failure(&self, holder_id: &str, locked_until: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE holder_accounts SET failed_logins = failed_logins + 1, locked_until = $2 WHERE holder_id = $1",
+        )
+        .bind(holder_id)
+        .bind(locked_until)
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// Clears the failure count after a successful login.
+    pub async fn clear_login_failures(&self, holder_id: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE holder_accounts SET failed_logins = 0, locked_until = 0 WHERE holder_id = $1 AND failed_logins <> 0",
+        )
+        .bind(holder_id)
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// Stores a session.
+    pub async fn insert_session(
+        &self,
+        digest: &[u8],
+        holder_id: &str,
+        expires_at: i64,
+        now: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO holder_sessions (digest, holder_id, expires_at, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(digest)
+        .bind(holder_id)
+        .bind(expires_at)
+        .bind(now)
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// The holder of an unexpired session.
+    pub async fn session_holder(&self, digest: &[u8], now_unix: i64) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "SELECT holder_id FROM holder_sessions WHERE digest = $1 AND expires_at > $2",
+        )
+        .bind(digest)
+        .bind(now_unix)
+        .fetch_optional(self.reader())
+        .await?;
+        row.map(|r| col(&r, "holder_id")).transpose()
+    }
+
+    /// Ends a session (and sweeps expired ones).
+    pub async fn delete_session(&self, digest: &[u8], now_unix: i64) -> Result<()> {
+        sqlx::query("DELETE FROM holder_sessions WHERE digest = $1 OR expires_at <= $2")
+            .bind(digest)
+            .bind(now_unix)
+            .execute(self.writer())
+            .await?;
+        Ok(())
+    }
+
+    // ---- authorization requests ---------------------------------------------
+
+    /// Stores a pushed or backchannel request.
+    pub async fn insert_auth_request(&self, r: &AuthRequestRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO authorization_requests (digest, kind, client_id, redirect_uri, state, code_challenge, details,
+               holder_id, binding_message, status, consent_id, public_id, poll_interval, next_poll_at, expires_at, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+        )
+        .bind(&r.digest)
+        .bind(&r.kind)
+        .bind(&r.client_id)
+        .bind(&r.redirect_uri)
+        .bind(&r.state)
+        .bind(&r.code_challenge)
+        .bind(&r.details)
+        .bind(&r.holder_id)
+        .bind(&r.binding_message)
+        .bind(&r.status)
+        .bind(&r.consent_id)
+        .bind(&r.public_id)
+        .bind(r.poll_interval)
+        .bind(r.next_poll_at)
+        .bind(r.expires_at)
+        .bind(&r.created_at)
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// A request by the digest of its handle. Read from the writer: the
+    /// request was usually written a moment ago.
+    pub async fn auth_request(&self, digest: &[u8]) -> Result<Option<AuthRequestRow>> {
+        sqlx::query("SELECT * FROM authorization_requests WHERE digest = $1")
+            .bind(digest)
+            .fetch_optional(self.writer())
+            .await?
+            .as_ref()
+            .map(request_from_row)
+            .transpose()
+    }
+
+    /// A request by its public id.
+    pub async fn auth_request_by_public_id(&self, id: &str) -> Result<Option<AuthRequestRow>> {
+        sqlx::query("SELECT * FROM authorization_requests WHERE public_id = $1")
+            .bind(id)
+            .fetch_optional(self.writer())
+            .await?
+            .as_ref()
+            .map(request_from_row)
+            .transpose()
+    }
+
+    /// Moves a request from `from` to `to` if it is still in `from` and
+    /// unexpired; sets the consent and expiry when given. Returns
+    /// whether this call made the move (so each step happens once).
+    pub async fn advance_auth_request(
+        &self,
+        digest: &[u8],
+        from: &str,
+        to: &str,
+        now_unix: i64,
+        consent_id: Option<&str>,
+        expires_at: Option<i64>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE authorization_requests
+             SET status = $3, consent_id = COALESCE($5, consent_id), expires_at = COALESCE($6, expires_at)
+             WHERE digest = $1 AND status = $2 AND expires_at > $4",
+        )
+        .bind(digest)
+        .bind(from)
+        .bind(to)
+        .bind(now_unix)
+        .bind(consent_id)
+        .bind(expires_at)
+        .execute(self.writer())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Binds an opened request to the holder deciding it; false if another
+    /// holder has it, or it is no longer open.
+    pub async fn bind_request_holder(
+        &self,
+        digest: &[u8],
+        holder_id: &str,
+        now_unix: i64,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE authorization_requests SET holder_id = $2
+             WHERE digest = $1 AND status = 'opened' AND expires_at > $3 AND (holder_id IS NULL OR holder_id = $2)",
+        )
+        .bind(digest)
+        .bind(holder_id)
+        .bind(now_unix)
+        .execute(self.writer())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records a CIBA poll: the next poll may come at `next_poll_at`, every `interval` seconds.
+    pub async fn set_next_poll(
+        &self,
+        digest: &[u8],
+        next_poll_at: i64,
+        interval: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE authorization_requests SET next_poll_at = $2, poll_interval = $3 WHERE digest = $1",
+        )
+        .bind(digest)
+        .bind(next_poll_at)
+        .bind(interval)
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// A holder's pending, unexpired backchannel requests, newest first.
+    pub async fn pending_requests(
+        &self,
+        holder_id: &str,
+        now_unix: i64,
+    ) -> Result<Vec<AuthRequestRow>> {
+        sqlx::query(
+            "SELECT * FROM authorization_requests WHERE holder_id = $1 AND status = 'pending' AND expires_at > $2
+             ORDER BY created_at DESC LIMIT 50",
+        )
+        .bind(holder_id)
+        .bind(now_unix)
+        .fetch_all(self.writer())
+        .await?
+        .iter()
+        .map(request_from_row)
+        .collect()
+    }
+
+    // ---- consents -----------------------------------------------------------
+
+    /// Stores a consent.
+    pub async fn insert_consent(&self, c: &ConsentRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO consents (id, holder_id, client_id, purpose, flow, details, max_retrievals, retrievals, status,
+               status_reason, expires_at, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(&c.id)
+        .bind(&c.holder_id)
+        .bind(&c.client_id)
+        .bind(&c.purpose)
+        .bind(&c.flow)
+        .bind(&c.details)
+        .bind(c.max_retrievals)
+        .bind(c.retrievals)
+        .bind(&c.status)
+        .bind(&c.status_reason)
+        .bind(c.expires_at)
+        .bind(&c.created_at)
+        .bind(&c.updated_at)
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// One consent, read from the writer so that a revocation made a moment
+    /// ago on this node is seen.
+    pub async fn consent(&self, id: &str) -> Result<Option<ConsentRow>> {
+        sqlx::query("SELECT * FROM consents WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.writer())
+            .await?
+            .as_ref()
+            .map(consent_from_row)
+            .transpose()
+    }
+
+    /// A holder's consents, newest first.
+    pub async fn holder_consents(&self, holder_id: &str) -> Result<Vec<ConsentRow>> {
+        sqlx::query(
+            "SELECT * FROM consents WHERE holder_id = $1 ORDER BY created_at DESC, id LIMIT 500",
+        )
+        .bind(holder_id)
+        .fetch_all(self.reader())
+        .await?
+        .iter()
+        .map(consent_from_row)
+        .collect()
+    }
+
+    /// Revokes an active consent; false if it was not active.
+    pub async fn revoke_consent(&self, id: &str, reason: &str, now: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE consents SET status = 'revoked', status_reason = $2, updated_at = $3 WHERE id = $1 AND status = 'active'",
+        )
+        .bind(id)
+        .bind(reason)
+        .bind(now)
+        .execute(self.writer())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Whether an access token of `client_id` with id `jti` under `consent_id`
+    /// may be used now: client active, token not revoked, consent active,
+    /// unexpired and with budget left. One round trip.
+    pub async fn consent_token_usable(
+        &self,
+        client_id: &str,
+        jti: &str,
+        consent_id: &str,
+        now_unix: i64,
+    ) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT c.status AS client_status,
+                    (SELECT COUNT(*) FROM revoked_tokens WHERE jti = $2) AS revoked,
+                    (SELECT COUNT(*) FROM consents WHERE id = $3 AND client_id = $1 AND status = 'active'
+                        AND expires_at > $4 AND retrievals < max_retrievals) AS usable
+             FROM clients c WHERE c.client_id = $1",
+        )
+        .bind(client_id)
+        .bind(jti)
+        .bind(consent_id)
+        .bind(now_unix)
+        .fetch_optional(self.writer())
+        .await?;
+        Ok(match row {
+            Some(r) => {
+                col::<String>(&r, "client_status")? == "active"
+                    && col::<i64>(&r, "revoked")? == 0
+                    && col::<i64>(&r, "usable")? == 1
+            }
+            None => false,
+        })
+    }
+
+    // ---- codes and refresh tokens -------------------------------------------
+
+    /// Stores an authorization code.
+    pub async fn insert_code(&self, digest: &[u8], c: &CodeRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO authorization_codes (digest, client_id, redirect_uri, code_challenge, consent_id, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(digest)
+        .bind(&c.client_id)
+        .bind(&c.redirect_uri)
+        .bind(&c.code_challenge)
+        .bind(&c.consent_id)
+        .bind(c.expires_at)
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// A code by digest.
+    pub async fn code(&self, digest: &[u8]) -> Result<Option<CodeRow>> {
+        let row = sqlx::query("SELECT * FROM authorization_codes WHERE digest = $1")
+            .bind(digest)
+            .fetch_optional(self.writer())
+            .await?;
+        row.map(|r| {
+            Ok(CodeRow {
+                client_id: col(&r, "client_id")?,
+                redirect_uri: col(&r, "redirect_uri")?,
+                code_challenge: col(&r, "code_challenge")?,
+                consent_id: col(&r, "consent_id")?,
+                expires_at: col(&r, "expires_at")?,
+                used_at: col(&r, "used_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Marks a code used; true for the one call that did it.
+    pub async fn use_code(&self, digest: &[u8], now: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE authorization_codes SET used_at = $2 WHERE digest = $1 AND used_at IS NULL",
+        )
+        .bind(digest)
+        .bind(now)
+        .execute(self.writer())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Stores a refresh token.
+    pub async fn insert_refresh(&self, digest: &[u8], r: &RefreshRow, now: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO refresh_tokens (digest, consent_id, client_id, dpop_jkt, expires_at, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(digest)
+        .bind(&r.consent_id)
+        .bind(&r.client_id)
+        .bind(&r.dpop_jkt)
+        .bind(r.expires_at)
+        .bind(now)
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// A refresh token by digest.
+    pub async fn refresh(&self, digest: &[u8]) -> Result<Option<RefreshRow>> {
+        let row = sqlx::query("SELECT * FROM refresh_tokens WHERE digest = $1")
+            .bind(digest)
+            .fetch_optional(self.writer())
+            .await?;
+        row.map(|r| {
+            Ok(RefreshRow {
+                consent_id: col(&r, "consent_id")?,
+                client_id: col(&r, "client_id")?,
+                dpop_jkt: col(&r, "dpop_jkt")?,
+                expires_at: col(&r, "expires_at")?,
+                revoked_at: col(&r, "revoked_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Revokes a refresh token.
+    pub async fn revoke_refresh(&self, digest: &[u8], now: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = $2 WHERE digest = $1 AND revoked_at IS NULL",
+        )
+        .bind(digest)
+        .bind(now)
+        .execute(self.writer())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    // ---- show-a-license codes and DPoP --------------------------------------
+
+    /// Stores a show-a-license code.
+    pub async fn insert_show_code(&self, digest: &[u8], s: &ShowCodeRow, now: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO show_codes (digest, holder_id, license_id, fields, expires_at, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(digest)
+        .bind(&s.holder_id)
+        .bind(&s.license_id)
+        .bind(&s.fields)
+        .bind(s.expires_at)
+        .bind(now)
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// Redeems a show-a-license code: returns it only to the one caller that
+    /// used it while unexpired.
+    pub async fn use_show_code(
+        &self,
+        digest: &[u8],
+        now_unix: i64,
+        now: &str,
+    ) -> Result<Option<ShowCodeRow>> {
+        let done = sqlx::query(
+            "UPDATE show_codes SET used_at = $3 WHERE digest = $1 AND used_at IS NULL AND expires_at > $2",
+        )
+        .bind(digest)
+        .bind(now_unix)
+        .bind(now)
+        .execute(self.writer())
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let row = sqlx::query("SELECT * FROM show_codes WHERE digest = $1")
+            .bind(digest)
+            .fetch_optional(self.writer())
+            .await?;
+        row.map(|r| {
+            Ok(ShowCodeRow {
+                holder_id: col(&r, "holder_id")?,
+                license_id: col(&r, "license_id")?,
+                fields: col(&r, "fields")?,
+                expires_at: col(&r, "expires_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Records a DPoP proof id; false if it was seen before (a replay).
+    pub async fn record_dpop_proof(&self, jti: &str, expires_at: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO dpop_proofs (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
+        )
+        .bind(jti)
+        .bind(expires_at)
+        .execute(self.writer())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Forgets expired DPoP proof ids, codes, requests and sessions.
+    pub async fn prune_consent_flows(&self, now_unix: i64) -> Result<u64> {
+        let mut n = 0;
+        for sql in [
+            "DELETE FROM dpop_proofs WHERE expires_at < $1",
+            "DELETE FROM holder_sessions WHERE expires_at < $1",
+            // Codes and requests are kept a day past expiry so that a late
+            // replay is still recognised as one.
+            "DELETE FROM authorization_codes WHERE expires_at < $1 - 86400",
+            "DELETE FROM authorization_requests WHERE expires_at < $1 - 86400",
+            "DELETE FROM show_codes WHERE expires_at < $1 - 86400",
+        ] {
+            n += sqlx::query(sql)
+                .bind(now_unix)
+                .execute(self.writer())
+                .await?
+                .rows_affected();
+        }
+        Ok(n)
+    }
+}
