@@ -157,6 +157,62 @@ async fn require_session(
     })
 }
 
+/// A holder page: the session (or a redirect to login), the language, and
+/// errors rendered as pages.
+async fn holder_page<F, Fut>(
+    state: &AppState,
+    slot: &Slot,
+    headers: &HeaderMap,
+    lang_param: Option<&str>,
+    here: &str,
+    render: F,
+) -> Response
+where
+    F: FnOnce(AppState, Session, Lang) -> Fut,
+    Fut: std::future::Future<Output = Result<Response>>,
+{
+    let lang = Lang::pick(lang_param, headers);
+    let result = async {
+        match require_session(state, headers, slot, here).await? {
+            Ok(s) => render(state.clone(), s, lang).await,
+            Err(to_login) => Ok(to_login),
+        }
+    }
+    .await;
+    with_lang_cookie(lang_param, result.unwrap_or_else(|e| page_error(lang, e)))
+}
+
+/// A holder's form post: a live session and its CSRF token are required.
+async fn holder_form<F, Fut>(
+    state: &AppState,
+    slot: &Slot,
+    headers: &HeaderMap,
+    body: &[u8],
+    act: F,
+) -> Response
+where
+    F: FnOnce(AppState, Session, Vec<(String, String)>, Lang) -> Fut,
+    Fut: std::future::Future<Output = Result<Response>>,
+{
+    let f = form_fields(body);
+    let lang = Lang::pick(field(&f, "lang"), headers);
+    let result = async {
+        let s = session(state, headers, slot).await?.ok_or_else(|| {
+            Error::Unauthorized(
+                lang.t(
+                    "登录已过期，请重新登录。",
+                    "Your session has ended; please log in again.",
+                )
+                .into(),
+            )
+        })?;
+        check_csrf(state, &s, &f, lang)?;
+        act(state.clone(), s, f, lang).await
+    }
+    .await;
+    result.unwrap_or_else(|e| page_error(lang, e))
+}
+
 fn page_error(lang: Lang, e: Error) -> Response {
     let status = e.status();
     if status.is_server_error() {
@@ -504,28 +560,21 @@ async fn decision(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let f = form_fields(&body);
-    let lang = Lang::pick(field(&f, "lang"), &headers);
-    let result = async {
-        let s = session(&state, &headers, &slot).await?.ok_or_else(|| {
-            Error::Unauthorized(
-                lang.t(
-                    "登录已过期，请重新开始。",
-                    "Your session has ended; please start again.",
-                )
-                .into(),
-            )
-        })?;
-        check_csrf(&state, &s, &f, lang)?;
-        let approve = decision_of(&f)?;
-        let request_uri = field(&f, "request_uri").unwrap_or_default();
-        let location =
-            flows::decide_redirect(&state, &s.holder_id, request_uri, approve, &choice_of(&f))
-                .await?;
-        Ok(see_other(&location, &[]))
-    }
-    .await;
-    result.unwrap_or_else(|e| page_error(lang, e))
+    holder_form(
+        &state,
+        &slot,
+        &headers,
+        &body,
+        |state, s, f, _| async move {
+            let approve = decision_of(&f)?;
+            let request_uri = field(&f, "request_uri").unwrap_or_default();
+            let location =
+                flows::decide_redirect(&state, &s.holder_id, request_uri, approve, &choice_of(&f))
+                    .await?;
+            Ok(see_other(&location, &[]))
+        },
+    )
+    .await
 }
 
 /// Language parameter of the holder pages.
@@ -549,26 +598,24 @@ async fn requests_page(
     headers: HeaderMap,
     Query(q): Query<LangQuery>,
 ) -> Response {
-    let lang = Lang::pick(q.lang.as_deref(), &headers);
-    let result = async {
-        let s = match require_session(&state, &headers, &slot, "/holder/requests").await? {
-            Ok(s) => s,
-            Err(to_login) => return Ok(to_login),
-        };
-        let pending = flows::pending(&state, &s.holder_id).await?;
-        let csrf = csrf_token(&state.sealer, &s.id);
-        Ok(Page::new(
-            lang,
-            lang.t("待处理请求", "Pending requests"),
-            pages::requests_page(lang, &pending, &csrf, None),
-        )
-        .into_response())
-    }
-    .await;
-    with_lang_cookie(
+    holder_page(
+        &state,
+        &slot,
+        &headers,
         q.lang.as_deref(),
-        result.unwrap_or_else(|e| page_error(lang, e)),
+        "/holder/requests",
+        |state, s, lang| async move {
+            let pending = flows::pending(&state, &s.holder_id).await?;
+            let csrf = csrf_token(&state.sealer, &s.id);
+            Ok(Page::new(
+                lang,
+                lang.t("待处理请求", "Pending requests"),
+                pages::requests_page(lang, &pending, &csrf, None),
+            )
+            .into_response())
+        },
     )
+    .await
 }
 
 /// Approves or refuses one backchannel request (form post with CSRF token).
@@ -589,31 +636,30 @@ async fn decide_request(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let f = form_fields(&body);
-    let lang = Lang::pick(field(&f, "lang"), &headers);
-    let result = async {
-        let s = session(&state, &headers, &slot)
-            .await?
-            .ok_or_else(|| Error::Unauthorized(lang.t("请先登录。", "Please log in.").into()))?;
-        check_csrf(&state, &s, &f, lang)?;
-        let approve = decision_of(&f)?;
-        flows::decide_backchannel(&state, &s.holder_id, &id, approve, &choice_of(&f)).await?;
-        let pending = flows::pending(&state, &s.holder_id).await?;
-        let csrf = csrf_token(&state.sealer, &s.id);
-        let notice = if approve {
-            lang.t("已同意授权。", "Approved.")
-        } else {
-            lang.t("已拒绝。", "Refused.")
-        };
-        Ok(Page::new(
-            lang,
-            lang.t("待处理请求", "Pending requests"),
-            pages::requests_page(lang, &pending, &csrf, Some(notice)),
-        )
-        .into_response())
-    }
-    .await;
-    result.unwrap_or_else(|e| page_error(lang, e))
+    holder_form(
+        &state,
+        &slot,
+        &headers,
+        &body,
+        |state, s, f, lang| async move {
+            let approve = decision_of(&f)?;
+            flows::decide_backchannel(&state, &s.holder_id, &id, approve, &choice_of(&f)).await?;
+            let pending = flows::pending(&state, &s.holder_id).await?;
+            let csrf = csrf_token(&state.sealer, &s.id);
+            let notice = if approve {
+                lang.t("已同意授权。", "Approved.")
+            } else {
+                lang.t("已拒绝。", "Refused.")
+            };
+            Ok(Page::new(
+                lang,
+                lang.t("待处理请求", "Pending requests"),
+                pages::requests_page(lang, &pending, &csrf, Some(notice)),
+            )
+            .into_response())
+        },
+    )
+    .await
 }
 
 /// The form to show a license (亮证).
@@ -630,34 +676,32 @@ async fn show_page(
     headers: HeaderMap,
     Query(q): Query<LangQuery>,
 ) -> Response {
-    let lang = Lang::pick(q.lang.as_deref(), &headers);
-    let result = async {
-        let s = match require_session(&state, &headers, &slot, "/holder/show").await? {
-            Ok(s) => s,
-            Err(to_login) => return Ok(to_login),
-        };
-        let mut licenses = Vec::new();
-        for (l, identifier) in state.library.holder_licenses(&s.holder_id).await? {
-            if l.status != "cancelled" {
-                licenses.push((
-                    identifier,
-                    state.library.license_type(&l.license_type).await?,
-                ));
-            }
-        }
-        let csrf = csrf_token(&state.sealer, &s.id);
-        Ok(Page::new(
-            lang,
-            lang.t("亮证", "Show a license"),
-            pages::show_form(lang, &licenses, &csrf),
-        )
-        .into_response())
-    }
-    .await;
-    with_lang_cookie(
+    holder_page(
+        &state,
+        &slot,
+        &headers,
         q.lang.as_deref(),
-        result.unwrap_or_else(|e| page_error(lang, e)),
+        "/holder/show",
+        |state, s, lang| async move {
+            let mut licenses = Vec::new();
+            for (l, identifier) in state.library.holder_licenses(&s.holder_id).await? {
+                if l.status != "cancelled" {
+                    licenses.push((
+                        identifier,
+                        state.library.license_type(&l.license_type).await?,
+                    ));
+                }
+            }
+            let csrf = csrf_token(&state.sealer, &s.id);
+            Ok(Page::new(
+                lang,
+                lang.t("亮证", "Show a license"),
+                pages::show_form(lang, &licenses, &csrf),
+            )
+            .into_response())
+        },
     )
+    .await
 }
 
 /// Makes a one-time code for one license and the chosen fields (form post with CSRF token).
@@ -675,34 +719,33 @@ async fn show(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let f = form_fields(&body);
-    let lang = Lang::pick(field(&f, "lang"), &headers);
-    let result = async {
-        let s = session(&state, &headers, &slot)
-            .await?
-            .ok_or_else(|| Error::Unauthorized(lang.t("请先登录。", "Please log in.").into()))?;
-        check_csrf(&state, &s, &f, lang)?;
-        let fields: Vec<String> = f
-            .iter()
-            .filter(|(k, _)| k == "field")
-            .map(|(_, v)| v.clone())
-            .collect();
-        let shown = flows::show(
-            &state,
-            &s.holder_id,
-            field(&f, "identifier").unwrap_or_default(),
-            &fields,
-        )
-        .await?;
-        Ok(Page::new(
-            lang,
-            lang.t("亮证授权码", "Your code"),
-            pages::shown(lang, &shown),
-        )
-        .into_response())
-    }
-    .await;
-    result.unwrap_or_else(|e| page_error(lang, e))
+    holder_form(
+        &state,
+        &slot,
+        &headers,
+        &body,
+        |state, s, f, lang| async move {
+            let fields: Vec<String> = f
+                .iter()
+                .filter(|(k, _)| k == "field")
+                .map(|(_, v)| v.clone())
+                .collect();
+            let shown = flows::show(
+                &state,
+                &s.holder_id,
+                field(&f, "identifier").unwrap_or_default(),
+                &fields,
+            )
+            .await?;
+            Ok(Page::new(
+                lang,
+                lang.t("亮证授权码", "Your code"),
+                pages::shown(lang, &shown),
+            )
+            .into_response())
+        },
+    )
+    .await
 }
 
 /// The holder's consents, each with a revoke button.
@@ -719,26 +762,24 @@ async fn consents_page(
     headers: HeaderMap,
     Query(q): Query<LangQuery>,
 ) -> Response {
-    let lang = Lang::pick(q.lang.as_deref(), &headers);
-    let result = async {
-        let s = match require_session(&state, &headers, &slot, "/holder/consents").await? {
-            Ok(s) => s,
-            Err(to_login) => return Ok(to_login),
-        };
-        let views = holder_consents(&state, &s.holder_id).await?;
-        let csrf = csrf_token(&state.sealer, &s.id);
-        Ok(Page::new(
-            lang,
-            lang.t("我的授权", "My consents"),
-            pages::consents_page(lang, &views, &csrf),
-        )
-        .into_response())
-    }
-    .await;
-    with_lang_cookie(
+    holder_page(
+        &state,
+        &slot,
+        &headers,
         q.lang.as_deref(),
-        result.unwrap_or_else(|e| page_error(lang, e)),
+        "/holder/consents",
+        |state, s, lang| async move {
+            let views = holder_consents(&state, &s.holder_id).await?;
+            let csrf = csrf_token(&state.sealer, &s.id);
+            Ok(Page::new(
+                lang,
+                lang.t("我的授权", "My consents"),
+                pages::consents_page(lang, &views, &csrf),
+            )
+            .into_response())
+        },
     )
+    .await
 }
 
 async fn holder_consents(state: &AppState, holder_id: &str) -> Result<Vec<ConsentView>> {
@@ -769,25 +810,24 @@ async fn revoke_form(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let f = form_fields(&body);
-    let lang = Lang::pick(field(&f, "lang"), &headers);
-    let result = async {
-        let s = session(&state, &headers, &slot)
-            .await?
-            .ok_or_else(|| Error::Unauthorized(lang.t("请先登录。", "Please log in.").into()))?;
-        check_csrf(&state, &s, &f, lang)?;
-        crate::consent::revoke(
-            &state,
-            &id,
-            ActorKind::Holder,
-            &s.holder_id,
-            "revoked by the holder",
-        )
-        .await?;
-        Ok(see_other("/holder/consents", &[]))
-    }
-    .await;
-    result.unwrap_or_else(|e| page_error(lang, e))
+    holder_form(
+        &state,
+        &slot,
+        &headers,
+        &body,
+        |state, s, _, _| async move {
+            crate::consent::revoke(
+                &state,
+                &id,
+                ActorKind::Holder,
+                &s.holder_id,
+                "revoked by the holder",
+            )
+            .await?;
+            Ok(see_other("/holder/consents", &[]))
+        },
+    )
+    .await
 }
 
 /// A consent with the holder's signed receipt.
