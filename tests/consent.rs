@@ -994,6 +994,39 @@ async fn attacks_are_refused_and_audited() {
         .await;
     assert_eq!(p.status, 429);
     assert!(p.headers.contains_key("retry-after"));
+    // An operator resets the account: the lock is gone, the new password works.
+    let res =
+        w.s.post_json(
+            &w.op,
+            "/admin/v1/holder-accounts",
+            &json!({"identifier": w.other_holder.0, "password": "short"}),
+        )
+        .await;
+    assert_eq!(res.status(), 422);
+    let reset: Value =
+        w.s.post_json(
+            &w.op,
+            "/admin/v1/holder-accounts",
+            &json!({"identifier": w.other_holder.0}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let fresh = reset["password"].as_str().unwrap();
+    let form = guesser.get("/login").await;
+    let csrf = hidden(&form.body, "csrf");
+    let p = guesser
+        .post(
+            "/login",
+            &[
+                ("identifier", &w.other_holder.0),
+                ("password", fresh),
+                ("csrf", &csrf),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 303);
     w.s.stop().await;
 }
 

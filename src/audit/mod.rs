@@ -426,6 +426,28 @@ impl AuditLog {
             .map_err(|_| Error::Unavailable("the audit log writer stopped".into()))?
     }
 
+    /// Appends several records, in order, usually in one group commit; waits
+    /// until all are durable.
+    pub async fn record_all(&self, events: Vec<AuditEvent>) -> Result<Vec<i64>> {
+        let mut waits = Vec::with_capacity(events.len());
+        for event in events {
+            let (done, wait) = oneshot::channel();
+            self.queue
+                .send(Pending { event, done })
+                .await
+                .map_err(|_| Error::Unavailable("the audit log is shutting down".into()))?;
+            waits.push(wait);
+        }
+        let mut seqs = Vec::with_capacity(waits.len());
+        for wait in waits {
+            seqs.push(
+                wait.await
+                    .map_err(|_| Error::Unavailable("the audit log writer stopped".into()))??,
+            );
+        }
+        Ok(seqs)
+    }
+
     /// The store behind the log.
     pub fn store(&self) -> &Store {
         &self.store

@@ -23,6 +23,57 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(update_type))
         .routes(routes!(create_client))
         .routes(routes!(rotate_key))
+        .routes(routes!(set_holder_account))
+}
+
+/// A holder account to create or reset.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct HolderAccountRequest {
+    /// The holder's ID number or unified social credit code.
+    identifier: String,
+    /// An initial password (at least 10 characters); generated when absent.
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// The account, with the password shown this once.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct HolderAccount {
+    /// The holder's id.
+    holder_id: String,
+    /// The password to hand to the holder (through a channel the operator trusts).
+    password: String,
+}
+
+/// Creates or resets a holder's login (argon2id); clears any lock. Audited.
+#[utoipa::path(post, path = "/admin/v1/holder-accounts", tag = "admin", request_body = HolderAccountRequest,
+    responses((status = 200, description = "Account set", body = HolderAccount),
+              (status = 404, description = "No holder has this identifier", body = Problem),
+              (status = 422, description = "Password too short", body = Problem)),
+    security(("bearer" = ["catalog:write"])))]
+async fn set_holder_account(
+    State(state): State<AppState>,
+    Operator(op): Operator,
+    ApiJson(req): ApiJson<HolderAccountRequest>,
+) -> Result<Json<HolderAccount>> {
+    let password = match req.password {
+        Some(p) => p,
+        None => crate::keys::random_token(12)?,
+    };
+    let holder_id = crate::holders::set_password(&state, &req.identifier, &password).await?;
+    state
+        .audit
+        .record(
+            op.actor()
+                .event("holder.account_set", crate::audit::Outcome::Success)
+                .holder(&holder_id),
+        )
+        .await?;
+    Ok(Json(HolderAccount {
+        holder_id,
+        password,
+    }))
 }
 
 /// Registers an issuing unit and generates its signing key.

@@ -109,6 +109,7 @@ impl TokenGrant<'_> {
         jkt: Option<String>,
         refresh: bool,
         how: &str,
+        mut records: Vec<AuditEvent>,
     ) -> Result<TokenResponse, OAuthError> {
         let bound = jkt.is_some();
         let (access_token, claims) = self
@@ -155,7 +156,8 @@ impl TokenGrant<'_> {
             if refresh_token.is_some() { "yes" } else { "no" }
         ));
         e.consent = Some(c.id.clone());
-        self.services.audit.record(e).await?;
+        records.push(e);
+        self.services.audit.record_all(records).await?;
         Ok(TokenResponse {
             access_token,
             token_type: if bound { "DPoP" } else { "Bearer" },
@@ -271,8 +273,8 @@ impl TokenGrant<'_> {
         .holder(&c.holder_id)
         .purpose(&c.purpose);
         e.consent = Some(c.id.clone());
-        self.services.audit.record(e).await?;
-        self.issue(&c, jkt, true, "authorization_code").await
+        self.issue(&c, jkt, true, "authorization_code", vec![e])
+            .await
     }
 
     /// `refresh_token`: the client it was issued to (with the same DPoP key),
@@ -303,7 +305,7 @@ impl TokenGrant<'_> {
                 "the refresh token is bound to another DPoP key",
             ));
         }
-        self.issue(&c, row.dpop_jkt.clone(), false, "refresh_token")
+        self.issue(&c, row.dpop_jkt.clone(), false, "refresh_token", vec![])
             .await
     }
 
@@ -367,7 +369,7 @@ impl TokenGrant<'_> {
             return err(OAuthErrorCode::InvalidGrant, "auth_req_id was already used");
         }
         let c = self.live_consent(&consent_id).await?;
-        self.issue(&c, jkt, true, "ciba").await
+        self.issue(&c, jkt, true, "ciba", vec![]).await
     }
 
     /// The show-a-license code: a token bound to that license and those
@@ -441,10 +443,8 @@ impl TokenGrant<'_> {
             .expires_at
             .min(now_t.unix_timestamp() + super::flows::SHOW_CODE_LIFETIME);
         self.services.store.insert_consent(&c).await?;
-        self.services
-            .audit
-            .record(consent::consent_event(&c, "consent.granted", &granted))
-            .await?;
-        self.issue(&c, jkt, false, "show_code").await
+        let granted_event = consent::consent_event(&c, "consent.granted", &granted);
+        self.issue(&c, jkt, false, "show_code", vec![granted_event])
+            .await
     }
 }

@@ -311,12 +311,12 @@ impl Store {
         Ok(())
     }
 
-    /// A request by the digest of its handle. Read from the writer: the
-    /// request was usually written a moment ago.
+    /// A request by the digest of its handle. (Readers see every committed
+    /// write at once: SQLite WAL, or the one PostgreSQL primary.)
     pub async fn auth_request(&self, digest: &[u8]) -> Result<Option<AuthRequestRow>> {
         sqlx::query("SELECT * FROM authorization_requests WHERE digest = $1")
             .bind(digest)
-            .fetch_optional(self.writer())
+            .fetch_optional(self.reader())
             .await?
             .as_ref()
             .map(request_from_row)
@@ -327,7 +327,7 @@ impl Store {
     pub async fn auth_request_by_public_id(&self, id: &str) -> Result<Option<AuthRequestRow>> {
         sqlx::query("SELECT * FROM authorization_requests WHERE public_id = $1")
             .bind(id)
-            .fetch_optional(self.writer())
+            .fetch_optional(self.reader())
             .await?
             .as_ref()
             .map(request_from_row)
@@ -412,7 +412,7 @@ impl Store {
         )
         .bind(holder_id)
         .bind(now_unix)
-        .fetch_all(self.writer())
+        .fetch_all(self.reader())
         .await?
         .iter()
         .map(request_from_row)
@@ -446,12 +446,11 @@ impl Store {
         Ok(())
     }
 
-    /// One consent, read from the writer so that a revocation made a moment
-    /// ago on this node is seen.
+    /// One consent.
     pub async fn consent(&self, id: &str) -> Result<Option<ConsentRow>> {
         sqlx::query("SELECT * FROM consents WHERE id = $1")
             .bind(id)
-            .fetch_optional(self.writer())
+            .fetch_optional(self.reader())
             .await?
             .as_ref()
             .map(consent_from_row)
@@ -505,7 +504,7 @@ impl Store {
         .bind(jti)
         .bind(consent_id)
         .bind(now_unix)
-        .fetch_optional(self.writer())
+        .fetch_optional(self.reader())
         .await?;
         Ok(match row {
             Some(r) => {
@@ -540,7 +539,7 @@ impl Store {
     pub async fn code(&self, digest: &[u8]) -> Result<Option<CodeRow>> {
         let row = sqlx::query("SELECT * FROM authorization_codes WHERE digest = $1")
             .bind(digest)
-            .fetch_optional(self.writer())
+            .fetch_optional(self.reader())
             .await?;
         row.map(|r| {
             Ok(CodeRow {
@@ -588,7 +587,7 @@ impl Store {
     pub async fn refresh(&self, digest: &[u8]) -> Result<Option<RefreshRow>> {
         let row = sqlx::query("SELECT * FROM refresh_tokens WHERE digest = $1")
             .bind(digest)
-            .fetch_optional(self.writer())
+            .fetch_optional(self.reader())
             .await?;
         row.map(|r| {
             Ok(RefreshRow {

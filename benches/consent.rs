@@ -1,0 +1,270 @@
+//! Token endpoint benchmark for the consent grants, over real HTTP on
+//! loopback with the demo data: authorization-code exchanges per second
+//! (each: client authentication, code lookup and single-use update, PKCE,
+//! consent check, a signed access token, a refresh token row, two durable
+//! audit records) and refreshes per second (client authentication, refresh
+//! token and consent lookups, a signed token, one durable audit record).
+//! The load generator runs in the same process, on the same 2 cores.
+//!
+//!     cargo bench --bench consent [-- CODES [CONCURRENCY]]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use licensegate::config::{Config, Settings};
+use licensegate::consent::{new_consent, GrantedAccess, LicenseAccess, Terms, DETAILS_TYPE};
+use licensegate::keys::{b64url, sha256};
+use licensegate::policy::Flow;
+use licensegate::store::consent::{CodeRow, RefreshRow};
+use licensegate::App;
+use serde_json::Value;
+
+const VERIFIER: &str = "bench-verifier-0123456789-0123456789-0123456789";
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+/// Runs `total` requests from `concurrency` tasks; returns (per second, p50 ms, p99 ms).
+async fn load<F, Fut>(total: usize, concurrency: usize, request: F) -> (f64, f64, f64)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let request = Arc::new(request);
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (request, next) = (request.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let t = Instant::now();
+                request(i).await;
+                latencies.push(t.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::with_capacity(total);
+    for t in tasks {
+        all.extend(t.await.expect("load task"));
+    }
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    all.sort();
+    (rate, percentile(&all, 0.5), percentile(&all, 0.99))
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args()
+        .skip(1)
+        .filter(|a| a.chars().all(|c| c.is_ascii_digit()));
+    let codes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(20_000);
+    let concurrency: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(64);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let settings = Settings {
+        listen: Some(addr),
+        data_dir: Some(dir.path().to_path_buf()),
+        database_url: std::env::var("LICENSEGATE_BENCH_DATABASE_URL").ok(),
+        ..Default::default()
+    };
+    let config = Config::resolve(settings, Settings::default()).expect("config");
+    let app = App::build(config).await.expect("app");
+    let services = app.services.clone();
+    licensegate::demo::load(&services).await.expect("demo data");
+    tokio::spawn(async move { app.serve_on(listener, std::future::pending()).await });
+
+    let creds: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("demo-credentials.json")).expect("credentials"),
+    )
+    .expect("credentials json");
+    let bank = creds["clients"]
+        .as_array()
+        .expect("clients")
+        .iter()
+        .find(|c| c["name"] == "浦江银行股份有限公司")
+        .expect("the demo bank");
+    let (client_id, secret) = (
+        bank["client_id"].as_str().expect("id").to_owned(),
+        bank["client_secret"].as_str().expect("secret").to_owned(),
+    );
+    let holder = services
+        .library
+        .holder_by_identifier(creds["holders"][0]["identifier"].as_str().expect("holder"))
+        .await
+        .expect("lookup")
+        .expect("demo holder")
+        .0;
+    let identifier = services
+        .library
+        .holder_licenses(&holder)
+        .await
+        .expect("licenses")
+        .into_iter()
+        .find(|(l, _)| l.license_type == "JMSFZ")
+        .expect("an ID card")
+        .1;
+    let terms = Terms {
+        purpose: "account_opening".into(),
+        duration_days: Some(30),
+        max_retrievals: 5,
+        elements: vec![LicenseAccess {
+            kind: DETAILS_TYPE.into(),
+            purpose: "account_opening".into(),
+            license_type: "JMSFZ".into(),
+            identifier: None,
+            fields: vec!["name".into(), "id_number".into()],
+            optional_fields: vec![],
+            duration_days: Some(30),
+            max_retrievals: Some(5),
+        }],
+    };
+    let granted = vec![GrantedAccess {
+        kind: DETAILS_TYPE.into(),
+        purpose: "account_opening".into(),
+        license_type: "JMSFZ".into(),
+        licenses: vec![identifier],
+        fields: vec!["name".into(), "id_number".into()],
+    }];
+    // Codes as the consent page would have made them.
+    let redirect = "https://127.0.0.1/callback";
+    let challenge = b64url(sha256(VERIFIER));
+    let expires = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+    let prepared = Instant::now();
+    let mut consent_ids = Vec::with_capacity(codes);
+    for i in 0..codes {
+        let c =
+            new_consent(&holder, &client_id, &terms, &granted, Flow::Redirect).expect("consent");
+        services
+            .store
+            .insert_consent(&c)
+            .await
+            .expect("insert consent");
+        services
+            .store
+            .insert_code(
+                &sha256(format!("code-{i}")),
+                &CodeRow {
+                    client_id: client_id.clone(),
+                    redirect_uri: redirect.into(),
+                    code_challenge: challenge.clone(),
+                    consent_id: c.id.clone(),
+                    expires_at: expires,
+                    used_at: None,
+                },
+            )
+            .await
+            .expect("insert code");
+        consent_ids.push(c.id);
+    }
+    println!(
+        "prepared {codes} consents and codes in {:.1} s",
+        prepared.elapsed().as_secs_f64()
+    );
+
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .expect("client");
+    let url = format!("http://{addr}/token");
+    let exchange = {
+        let (http, url, client_id, secret) =
+            (http.clone(), url.clone(), client_id.clone(), secret.clone());
+        move |i: usize| {
+            let (http, url, client_id, secret) =
+                (http.clone(), url.clone(), client_id.clone(), secret.clone());
+            async move {
+                let code = format!("code-{i}");
+                let res = http
+                    .post(&url)
+                    .basic_auth(&client_id, Some(&secret))
+                    .form(&[
+                        ("grant_type", "authorization_code"),
+                        ("code", code.as_str()),
+                        ("redirect_uri", redirect),
+                        ("code_verifier", VERIFIER),
+                    ])
+                    .send()
+                    .await
+                    .expect("request");
+                assert_eq!(
+                    res.status(),
+                    200,
+                    "{}",
+                    res.text().await.unwrap_or_default()
+                );
+            }
+        }
+    };
+    let (rate, p50, p99) = load(codes, concurrency, exchange).await;
+    println!(
+        "authorization-code exchanges: {rate:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms ({codes} codes, {concurrency} concurrent)"
+    );
+
+    // Refreshes: one refresh token per consent, cycled.
+    let mut tokens = Vec::with_capacity(consent_ids.len());
+    for (i, id) in consent_ids.iter().enumerate().take(1000) {
+        let rt = format!("refresh-{i}");
+        services
+            .store
+            .insert_refresh(
+                &sha256(&rt),
+                &RefreshRow {
+                    consent_id: id.clone(),
+                    client_id: client_id.clone(),
+                    dpop_jkt: None,
+                    expires_at: expires,
+                    revoked_at: None,
+                },
+                "2026-01-01T00:00:00.000000Z",
+            )
+            .await
+            .expect("insert refresh");
+        tokens.push(rt);
+    }
+    let tokens = Arc::new(tokens);
+    let refresh = move |i: usize| {
+        let (http, url, client_id, secret, tokens) = (
+            http.clone(),
+            url.clone(),
+            client_id.clone(),
+            secret.clone(),
+            tokens.clone(),
+        );
+        async move {
+            let rt = &tokens[i % tokens.len()];
+            let res = http
+                .post(&url)
+                .basic_auth(&client_id, Some(&secret))
+                .form(&[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", rt.as_str()),
+                ])
+                .send()
+                .await
+                .expect("request");
+            assert_eq!(
+                res.status(),
+                200,
+                "{}",
+                res.text().await.unwrap_or_default()
+            );
+        }
+    };
+    let (rate, p50, p99) = load(codes, concurrency, refresh).await;
+    println!(
+        "refreshes: {rate:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms ({codes} requests, {concurrency} concurrent)"
+    );
+}
