@@ -388,9 +388,31 @@ fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
+/// Changes committed in the same transaction as their audit records: the
+/// statements run in order, the first being the guard. If the guard changes
+/// no row (a code already used, a budget already spent), nothing else runs
+/// and the `refused` records are appended instead of the intended ones.
+#[derive(Debug, Clone)]
+pub struct Guarded {
+    /// The guard, then the rest.
+    pub statements: Vec<crate::store::Statement>,
+    /// What is recorded when the guard changes nothing.
+    pub refused: Vec<AuditEvent>,
+}
+
+/// What an append did.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    /// Sequence numbers of the records appended, in order.
+    pub seqs: Vec<i64>,
+    /// Whether the guarded change was made (always true without a guard).
+    pub applied: bool,
+}
+
 struct Pending {
-    event: AuditEvent,
-    done: oneshot::Sender<Result<i64>>,
+    events: Vec<AuditEvent>,
+    guard: Option<Guarded>,
+    done: oneshot::Sender<Result<Appended>>,
 }
 
 /// Largest number of records committed in one transaction.
@@ -415,37 +437,42 @@ impl AuditLog {
         Arc::new(AuditLog { queue: tx, store })
     }
 
-    /// Appends one record and waits until it is durable; returns its sequence number.
-    pub async fn record(&self, event: AuditEvent) -> Result<i64> {
+    async fn submit(&self, events: Vec<AuditEvent>, guard: Option<Guarded>) -> Result<Appended> {
         let (done, wait) = oneshot::channel();
         self.queue
-            .send(Pending { event, done })
+            .send(Pending {
+                events,
+                guard,
+                done,
+            })
             .await
             .map_err(|_| Error::Unavailable("the audit log is shutting down".into()))?;
         wait.await
             .map_err(|_| Error::Unavailable("the audit log writer stopped".into()))?
     }
 
-    /// Appends several records, in order, usually in one group commit; waits
-    /// until all are durable.
+    /// Appends one record and waits until it is durable; returns its sequence number.
+    pub async fn record(&self, event: AuditEvent) -> Result<i64> {
+        let a = self.submit(vec![event], None).await?;
+        a.seqs
+            .first()
+            .copied()
+            .ok_or_else(|| Error::internal("an append returned no sequence number"))
+    }
+
+    /// Appends several records, consecutively in one commit; waits until they are durable.
     pub async fn record_all(&self, events: Vec<AuditEvent>) -> Result<Vec<i64>> {
-        let mut waits = Vec::with_capacity(events.len());
-        for event in events {
-            let (done, wait) = oneshot::channel();
-            self.queue
-                .send(Pending { event, done })
-                .await
-                .map_err(|_| Error::Unavailable("the audit log is shutting down".into()))?;
-            waits.push(wait);
-        }
-        let mut seqs = Vec::with_capacity(waits.len());
-        for wait in waits {
-            seqs.push(
-                wait.await
-                    .map_err(|_| Error::Unavailable("the audit log writer stopped".into()))??,
-            );
-        }
-        Ok(seqs)
+        Ok(self.submit(events, None).await?.seqs)
+    }
+
+    /// Makes a guarded change and appends its records in one commit (see
+    /// [`Guarded`]); waits until durable.
+    pub async fn record_guarded(
+        &self,
+        events: Vec<AuditEvent>,
+        guard: Guarded,
+    ) -> Result<Appended> {
+        self.submit(events, Some(guard)).await
     }
 
     /// The store behind the log.
@@ -473,14 +500,15 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Pending>, metrics: WriterMe
                 Err(_) => break,
             }
         }
-        let events: Vec<AuditEvent> = batch.iter().map(|p| p.event.clone()).collect();
-        let result = commit_batch(&store, events).await;
+        let result = commit_batch(&store, &batch).await;
         metrics.batch.observe(batch.len() as f64);
         match result {
-            Ok(seqs) => {
-                metrics.records.inc_by(seqs.len() as u64);
-                for (p, seq) in batch.drain(..).zip(seqs) {
-                    let _ = p.done.send(Ok(seq));
+            Ok(appended) => {
+                metrics
+                    .records
+                    .inc_by(appended.iter().map(|a| a.seqs.len() as u64).sum());
+                for (p, a) in batch.drain(..).zip(appended) {
+                    let _ = p.done.send(Ok(a));
                 }
             }
             Err(e) => {
@@ -496,11 +524,38 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Pending>, metrics: WriterMe
     }
 }
 
-async fn commit_batch(store: &Store, events: Vec<AuditEvent>) -> Result<Vec<i64>> {
+async fn commit_batch(store: &Store, batch: &[Pending]) -> Result<Vec<Appended>> {
     let mut tx = store.writer().begin().await?;
+    let mut events = Vec::new();
+    let mut shapes = Vec::with_capacity(batch.len());
+    for p in batch {
+        let mut applied = true;
+        if let Some(g) = &p.guard {
+            for (i, s) in g.statements.iter().enumerate() {
+                let changed = Store::execute_in(&mut tx, s).await?;
+                if i == 0 && changed == 0 {
+                    applied = false;
+                    break;
+                }
+            }
+        }
+        let chosen = match (&p.guard, applied) {
+            (Some(g), false) => g.refused.clone(),
+            _ => p.events.clone(),
+        };
+        shapes.push((chosen.len(), applied));
+        events.extend(chosen);
+    }
     let records = append_in(&mut tx, events).await?;
     tx.commit().await?;
-    Ok(records.iter().map(|r| r.seq).collect())
+    let mut seqs = records.iter().map(|r| r.seq);
+    Ok(shapes
+        .into_iter()
+        .map(|(n, applied)| Appended {
+            seqs: seqs.by_ref().take(n).collect(),
+            applied,
+        })
+        .collect())
 }
 
 /// Where the current request came from, for the records it causes.

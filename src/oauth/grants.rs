@@ -8,13 +8,13 @@ use std::collections::HashMap;
 use super::tokens::TokenResponse;
 use super::{Client, OAuthError, OAuthErrorCode};
 use crate::app::Services;
-use crate::audit::{ActorKind, AuditEvent, Outcome};
+use crate::audit::{ActorKind, AuditEvent, Guarded, Outcome};
 use crate::consent::{self, GrantedAccess, Terms};
 use crate::error::Error;
 use crate::keys::{b64url, constant_time_eq, random_token, sha256};
 use crate::policy::Flow;
 use crate::store::consent::{ConsentRow, RefreshRow};
-use crate::store::{now, timestamp};
+use crate::store::{now, timestamp, Store};
 
 /// The CIBA grant type.
 pub const CIBA_GRANT: &str = "urn:openid:params:grant-type:ciba";
@@ -54,6 +54,18 @@ impl TokenGrant<'_> {
     /// The DPoP key of this request, checked; required for clients registered
     /// as needing sender-constrained tokens.
     async fn dpop_key(&self) -> Result<Option<String>, OAuthError> {
+        let required = self.dpop.is_none()
+            && self
+                .services
+                .store
+                .entity(&self.client.client_id)
+                .await?
+                .is_some_and(|e| e.dpop_bound);
+        self.dpop_key_with(required).await
+    }
+
+    /// As [`Self::dpop_key`], when whether DPoP is required is already known.
+    async fn dpop_key_with(&self, required: bool) -> Result<Option<String>, OAuthError> {
         match self.dpop {
             Some(proof) => {
                 let url = format!(
@@ -65,12 +77,6 @@ impl TokenGrant<'_> {
                     .map(Some)
             }
             None => {
-                let required = self
-                    .services
-                    .store
-                    .entity(&self.client.client_id)
-                    .await?
-                    .is_some_and(|e| e.dpop_bound);
                 if required {
                     Err(OAuthError::new(
                         OAuthErrorCode::InvalidDpopProof,
@@ -91,6 +97,11 @@ impl TokenGrant<'_> {
             .consent(id)
             .await?
             .ok_or_else(|| grant_error("the consent does not exist"))?;
+        self.usable(c)
+    }
+
+    /// The consent if it can still back tokens of this client.
+    fn usable(&self, c: ConsentRow) -> Result<ConsentRow, OAuthError> {
         let status = consent::effective_consent_status(&c, now().unix_timestamp());
         if status != "active" {
             return Err(grant_error(format!("the consent is {status}")));
@@ -102,7 +113,10 @@ impl TokenGrant<'_> {
     }
 
     /// Issues an access token (and a refresh token when `refresh`) under a
-    /// consent; answered only once `token.issued` is on record.
+    /// consent. The refresh token row, the `guard` change (a code spent, a
+    /// request redeemed) and the records are committed together, and the
+    /// answer leaves only once they are durable. `Ok(None)`: the guard found
+    /// its change already made (a replay), and its refusal was recorded instead.
     async fn issue(
         &self,
         c: &ConsentRow,
@@ -110,29 +124,31 @@ impl TokenGrant<'_> {
         refresh: bool,
         how: &str,
         mut records: Vec<AuditEvent>,
-    ) -> Result<TokenResponse, OAuthError> {
+        guard: Option<Guarded>,
+    ) -> Result<Option<TokenResponse>, OAuthError> {
         let bound = jkt.is_some();
         let (access_token, claims) = self
             .services
             .tokens
             .issue_for_consent(self.client, c, jkt.clone())
             .await?;
+        let mut guard = guard.unwrap_or(Guarded {
+            statements: Vec::new(),
+            refused: Vec::new(),
+        });
         let refresh_token = if refresh {
             let rt = random_token(32)?;
-            self.services
-                .store
-                .insert_refresh(
-                    &sha256(&rt),
-                    &RefreshRow {
-                        consent_id: c.id.clone(),
-                        client_id: self.client.client_id.clone(),
-                        dpop_jkt: jkt,
-                        expires_at: c.expires_at,
-                        revoked_at: None,
-                    },
-                    &timestamp(now()),
-                )
-                .await?;
+            guard.statements.push(Store::insert_refresh_statement(
+                &sha256(&rt),
+                &RefreshRow {
+                    consent_id: c.id.clone(),
+                    client_id: self.client.client_id.clone(),
+                    dpop_jkt: jkt,
+                    expires_at: c.expires_at,
+                    revoked_at: None,
+                },
+                &timestamp(now()),
+            ));
             Some(rt)
         } else {
             None
@@ -157,8 +173,18 @@ impl TokenGrant<'_> {
         ));
         e.consent = Some(c.id.clone());
         records.push(e);
-        self.services.audit.record_all(records).await?;
-        Ok(TokenResponse {
+        if guard.statements.is_empty() {
+            self.services.audit.record_all(records).await?;
+        } else if !self
+            .services
+            .audit
+            .record_guarded(records, guard)
+            .await?
+            .applied
+        {
+            return Ok(None);
+        }
+        Ok(Some(TokenResponse {
             access_token,
             token_type: if bound { "DPoP" } else { "Bearer" },
             expires_in: claims.exp - claims.iat,
@@ -166,17 +192,37 @@ impl TokenGrant<'_> {
             refresh_token,
             authorization_details: claims.authorization_details,
             grant_id: Some(c.id.clone()),
-        })
+        }))
     }
 
-    async fn refuse_audited(&self, c: Option<&ConsentRow>, why: &str) -> Result<(), OAuthError> {
-        let mut e = AuditEvent::new(
+    /// A replayed code: whoever holds it, the grant made with it is no
+    /// longer trusted, so the consent (and every token from it) is revoked.
+    async fn code_replayed(&self, consent_id: &str) -> Result<TokenResponse, OAuthError> {
+        consent::revoke(
+            self.services,
+            consent_id,
+            ActorKind::System,
+            "token",
+            "authorization code replayed",
+        )
+        .await?;
+        Err(grant_error(
+            "the code was already used; the tokens issued from it are revoked",
+        ))
+    }
+
+    fn refusal(&self, why: &str) -> AuditEvent {
+        AuditEvent::new(
             ActorKind::Entity,
             &self.client.client_id,
             "access.denied",
             Outcome::Refused,
         )
-        .reason(why.to_owned());
+        .reason(why.to_owned())
+    }
+
+    async fn refuse_audited(&self, c: Option<&ConsentRow>, why: &str) -> Result<(), OAuthError> {
+        let mut e = self.refusal(why);
         if let Some(c) = c {
             e = e.holder(&c.holder_id).purpose(&c.purpose);
             e.consent = Some(c.id.clone());
@@ -190,67 +236,14 @@ impl TokenGrant<'_> {
     pub async fn authorization_code(&self) -> Result<TokenResponse, OAuthError> {
         let code = self.param("code")?;
         let digest = sha256(code);
-        let row = self
+        let (row, consent, dpop_required) = self
             .services
             .store
-            .code(&digest)
+            .code_grant(&digest)
             .await?
             .ok_or_else(|| grant_error("the code is not valid"))?;
         let now_t = now();
-        if row.used_at.is_none() {
-            // Checked before the code is spent, so that a wrong attempt by
-            // someone else does not burn the legitimate client's code.
-            if row.client_id != self.client.client_id {
-                self.refuse_audited(None, "authorization code presented by another client")
-                    .await?;
-                return Err(grant_error("the code was issued to another client"));
-            }
-            if row.expires_at <= now_t.unix_timestamp() {
-                return Err(grant_error("the code has expired"));
-            }
-            if self.params.get("redirect_uri").map(String::as_str)
-                != Some(row.redirect_uri.as_str())
-            {
-                return Err(grant_error(
-                    "redirect_uri does not match the authorization request",
-                ));
-            }
-            let verifier = self
-                .param("code_verifier")
-                .map_err(|_| grant_error("code_verifier is required (PKCE)"))?;
-            if !(43..=128).contains(&verifier.len())
-                || !constant_time_eq(
-                    b64url(sha256(verifier)).as_bytes(),
-                    row.code_challenge.as_bytes(),
-                )
-            {
-                return Err(grant_error(
-                    "code_verifier does not match the code_challenge",
-                ));
-            }
-        }
-        // Before the code is spent: a bad proof must not burn it.
-        let jkt = if row.used_at.is_none() {
-            self.dpop_key().await?
-        } else {
-            None
-        };
-        let first_use = row.used_at.is_none()
-            && self
-                .services
-                .store
-                .use_code(&digest, &timestamp(now_t))
-                .await?;
-        if !first_use {
-            // Replay: whoever holds the code, the grant made with it is no longer trusted.
-            consent::revoke(
-                self.services,
-                &row.consent_id,
-                ActorKind::System,
-                "token",
-                "authorization code replayed",
-            )
-            .await?;
+        if row.used_at.is_some() {
             self.refuse_audited(
                 None,
                 &format!(
@@ -259,12 +252,40 @@ impl TokenGrant<'_> {
                 ),
             )
             .await?;
+            return self.code_replayed(&row.consent_id).await;
+        }
+        // Checked before the code is spent, so that a wrong attempt by
+        // someone else does not burn the legitimate client's code.
+        if row.client_id != self.client.client_id {
+            self.refuse_audited(None, "authorization code presented by another client")
+                .await?;
+            return Err(grant_error("the code was issued to another client"));
+        }
+        if row.expires_at <= now_t.unix_timestamp() {
+            return Err(grant_error("the code has expired"));
+        }
+        if self.params.get("redirect_uri").map(String::as_str) != Some(row.redirect_uri.as_str()) {
             return Err(grant_error(
-                "the code was already used; the tokens issued from it are revoked",
+                "redirect_uri does not match the authorization request",
             ));
         }
-        let c = self.live_consent(&row.consent_id).await?;
-        let mut e = AuditEvent::new(
+        let verifier = self
+            .param("code_verifier")
+            .map_err(|_| grant_error("code_verifier is required (PKCE)"))?;
+        if !(43..=128).contains(&verifier.len())
+            || !constant_time_eq(
+                b64url(sha256(verifier)).as_bytes(),
+                row.code_challenge.as_bytes(),
+            )
+        {
+            return Err(grant_error(
+                "code_verifier does not match the code_challenge",
+            ));
+        }
+        // Before the code is spent: a bad proof must not burn it.
+        let jkt = self.dpop_key_with(dpop_required).await?;
+        let c = self.usable(consent)?;
+        let mut redeemed = AuditEvent::new(
             ActorKind::Entity,
             &self.client.client_id,
             "code.redeemed",
@@ -272,21 +293,41 @@ impl TokenGrant<'_> {
         )
         .holder(&c.holder_id)
         .purpose(&c.purpose);
-        e.consent = Some(c.id.clone());
-        self.issue(&c, jkt, true, "authorization_code", vec![e])
-            .await
+        redeemed.consent = Some(c.id.clone());
+        let replay = self.refusal(&format!(
+            "authorization code replayed; consent {} revoked",
+            row.consent_id
+        ));
+        let guard = Guarded {
+            statements: vec![Store::use_code_statement(&digest, &timestamp(now_t))],
+            refused: vec![replay],
+        };
+        match self
+            .issue(
+                &c,
+                jkt,
+                true,
+                "authorization_code",
+                vec![redeemed],
+                Some(guard),
+            )
+            .await?
+        {
+            Some(t) => Ok(t),
+            None => self.code_replayed(&row.consent_id).await,
+        }
     }
 
     /// `refresh_token`: the client it was issued to (with the same DPoP key),
     /// while the consent lasts.
     pub async fn refresh(&self) -> Result<TokenResponse, OAuthError> {
         let rt = self.param("refresh_token")?;
-        let row = self
-            .services
-            .store
-            .refresh(&sha256(rt))
-            .await?
-            .ok_or_else(|| grant_error("the refresh token is not valid"))?;
+        let (row, consent, dpop_required) =
+            self.services
+                .store
+                .refresh_grant(&sha256(rt))
+                .await?
+                .ok_or_else(|| grant_error("the refresh token is not valid"))?;
         if row.client_id != self.client.client_id {
             self.refuse_audited(None, "refresh token presented by another client")
                 .await?;
@@ -297,16 +338,24 @@ impl TokenGrant<'_> {
         if row.revoked_at.is_some() || row.expires_at <= now().unix_timestamp() {
             return Err(grant_error("the refresh token is revoked or expired"));
         }
-        let c = self.live_consent(&row.consent_id).await?;
-        let jkt = self.dpop_key().await?;
+        let c = self.usable(consent)?;
+        let jkt = self.dpop_key_with(dpop_required).await?;
         if row.dpop_jkt.is_some() && jkt != row.dpop_jkt {
             return Err(OAuthError::new(
                 OAuthErrorCode::InvalidDpopProof,
                 "the refresh token is bound to another DPoP key",
             ));
         }
-        self.issue(&c, row.dpop_jkt.clone(), false, "refresh_token", vec![])
-            .await
+        self.issue(
+            &c,
+            jkt,
+            false,
+            "refresh_token",
+            vec![],
+            None,
+        )
+        .await?
+        .ok_or_else(|| Error::internal("an unguarded issue was refused").into())
     }
 
     /// CIBA poll mode: `authorization_pending`, `slow_down`, `expired_token`,
@@ -360,16 +409,14 @@ impl TokenGrant<'_> {
             .clone()
             .ok_or_else(|| Error::internal("an approved request without consent"))?;
         let jkt = self.dpop_key().await?;
-        if !self
-            .services
-            .store
-            .advance_auth_request(&digest, "approved", "redeemed", now_unix, None, None)
-            .await?
-        {
-            return err(OAuthErrorCode::InvalidGrant, "auth_req_id was already used");
-        }
         let c = self.live_consent(&consent_id).await?;
-        self.issue(&c, jkt, true, "ciba", vec![]).await
+        let guard = Guarded {
+            statements: vec![Store::redeem_request_statement(&digest, now_unix)],
+            refused: vec![self.refusal("auth_req_id redeemed twice")],
+        };
+        self.issue(&c, jkt, true, "ciba", vec![], Some(guard))
+            .await?
+            .ok_or_else(|| grant_error("auth_req_id was already used"))
     }
 
     /// The show-a-license code: a token bound to that license and those
@@ -444,7 +491,8 @@ impl TokenGrant<'_> {
             .min(now_t.unix_timestamp() + super::flows::SHOW_CODE_LIFETIME);
         self.services.store.insert_consent(&c).await?;
         let granted_event = consent::consent_event(&c, "consent.granted", &granted);
-        self.issue(&c, jkt, false, "show_code", vec![granted_event])
-            .await
+        self.issue(&c, jkt, false, "show_code", vec![granted_event], None)
+            .await?
+            .ok_or_else(|| Error::internal("an unguarded issue was refused").into())
     }
 }

@@ -4,7 +4,7 @@
 
 use sqlx::any::AnyRow;
 
-use super::{col, Store};
+use super::{col, Bind, Statement, Store};
 use crate::error::Result;
 
 /// A holder's login record.
@@ -535,35 +535,70 @@ impl Store {
         Ok(())
     }
 
-    /// A code by digest.
-    pub async fn code(&self, digest: &[u8]) -> Result<Option<CodeRow>> {
-        let row = sqlx::query("SELECT * FROM authorization_codes WHERE digest = $1")
-            .bind(digest)
-            .fetch_optional(self.reader())
-            .await?;
+    /// A code with its consent and whether its client must use DPoP: one
+    /// round trip on the token endpoint's path.
+    pub async fn code_grant(&self, digest: &[u8]) -> Result<Option<(CodeRow, ConsentRow, bool)>> {
+        let row = sqlx::query(
+            "SELECT c.*, a.client_id AS code_client_id, a.redirect_uri AS code_redirect_uri,
+                    a.code_challenge AS code_challenge, a.expires_at AS code_expires_at,
+                    a.used_at AS code_used_at, COALESCE(e.dpop_bound, 0) AS dpop_bound
+             FROM authorization_codes a JOIN consents c ON c.id = a.consent_id
+             LEFT JOIN entities e ON e.id = a.client_id
+             WHERE a.digest = $1",
+        )
+        .bind(digest)
+        .fetch_optional(self.reader())
+        .await?;
         row.map(|r| {
-            Ok(CodeRow {
-                client_id: col(&r, "client_id")?,
-                redirect_uri: col(&r, "redirect_uri")?,
-                code_challenge: col(&r, "code_challenge")?,
-                consent_id: col(&r, "consent_id")?,
-                expires_at: col(&r, "expires_at")?,
-                used_at: col(&r, "used_at")?,
-            })
+            Ok((
+                CodeRow {
+                    client_id: col(&r, "code_client_id")?,
+                    redirect_uri: col(&r, "code_redirect_uri")?,
+                    code_challenge: col(&r, "code_challenge")?,
+                    consent_id: col(&r, "id")?,
+                    expires_at: col(&r, "code_expires_at")?,
+                    used_at: col(&r, "code_used_at")?,
+                },
+                consent_from_row(&r)?,
+                col::<i64>(&r, "dpop_bound")? != 0,
+            ))
         })
         .transpose()
     }
 
-    /// Marks a code used; true for the one call that did it.
-    pub async fn use_code(&self, digest: &[u8], now: &str) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE authorization_codes SET used_at = $2 WHERE digest = $1 AND used_at IS NULL",
-        )
-        .bind(digest)
-        .bind(now)
-        .execute(self.writer())
-        .await?;
-        Ok(done.rows_affected() == 1)
+    /// The single-use update of a code, to run in the group commit of its
+    /// `code.redeemed` record: changes one row only on first use.
+    pub fn use_code_statement(digest: &[u8], now: &str) -> Statement {
+        Statement {
+            sql:
+                "UPDATE authorization_codes SET used_at = $2 WHERE digest = $1 AND used_at IS NULL",
+            binds: vec![Bind::Bytes(digest.to_vec()), Bind::Text(now.to_owned())],
+        }
+    }
+
+    /// The insert of a refresh token, to run in the group commit of its `token.issued` record.
+    pub fn insert_refresh_statement(digest: &[u8], r: &RefreshRow, now: &str) -> Statement {
+        Statement {
+            sql: "INSERT INTO refresh_tokens (digest, consent_id, client_id, dpop_jkt, expires_at, created_at)
+                  VALUES ($1, $2, $3, $4, $5, $6)",
+            binds: vec![
+                Bind::Bytes(digest.to_vec()),
+                Bind::Text(r.consent_id.clone()),
+                Bind::Text(r.client_id.clone()),
+                r.dpop_jkt.clone().map_or(Bind::Null, Bind::Text),
+                Bind::Int(r.expires_at),
+                Bind::Text(now.to_owned()),
+            ],
+        }
+    }
+
+    /// Moves a backchannel request from approved to redeemed (once), in the
+    /// group commit of its `token.issued` record.
+    pub fn redeem_request_statement(digest: &[u8], now_unix: i64) -> Statement {
+        Statement {
+            sql: "UPDATE authorization_requests SET status = 'redeemed' WHERE digest = $1 AND status = 'approved' AND expires_at > $2",
+            binds: vec![Bind::Bytes(digest.to_vec()), Bind::Int(now_unix)],
+        }
     }
 
     /// Stores a refresh token.
@@ -585,18 +620,38 @@ impl Store {
 
     /// A refresh token by digest.
     pub async fn refresh(&self, digest: &[u8]) -> Result<Option<RefreshRow>> {
-        let row = sqlx::query("SELECT * FROM refresh_tokens WHERE digest = $1")
-            .bind(digest)
-            .fetch_optional(self.reader())
-            .await?;
+        Ok(self.refresh_grant(digest).await?.map(|(r, _, _)| r))
+    }
+
+    /// A refresh token with its consent and whether its client must use
+    /// DPoP: one round trip on the token endpoint's path.
+    pub async fn refresh_grant(
+        &self,
+        digest: &[u8],
+    ) -> Result<Option<(RefreshRow, ConsentRow, bool)>> {
+        let row = sqlx::query(
+            "SELECT c.*, t.client_id AS token_client_id, t.dpop_jkt AS dpop_jkt,
+                    t.expires_at AS token_expires_at, t.revoked_at AS token_revoked_at,
+                    COALESCE(e.dpop_bound, 0) AS dpop_bound
+             FROM refresh_tokens t JOIN consents c ON c.id = t.consent_id
+             LEFT JOIN entities e ON e.id = t.client_id
+             WHERE t.digest = $1",
+        )
+        .bind(digest)
+        .fetch_optional(self.reader())
+        .await?;
         row.map(|r| {
-            Ok(RefreshRow {
-                consent_id: col(&r, "consent_id")?,
-                client_id: col(&r, "client_id")?,
-                dpop_jkt: col(&r, "dpop_jkt")?,
-                expires_at: col(&r, "expires_at")?,
-                revoked_at: col(&r, "revoked_at")?,
-            })
+            Ok((
+                RefreshRow {
+                    consent_id: col(&r, "id")?,
+                    client_id: col(&r, "token_client_id")?,
+                    dpop_jkt: col(&r, "dpop_jkt")?,
+                    expires_at: col(&r, "token_expires_at")?,
+                    revoked_at: col(&r, "token_revoked_at")?,
+                },
+                consent_from_row(&r)?,
+                col::<i64>(&r, "dpop_bound")? != 0,
+            ))
         })
         .transpose()
     }

@@ -198,3 +198,43 @@ where
     use sqlx::Row;
     row.try_get(name).map_err(Error::from)
 }
+
+/// A value bound to a [`Statement`].
+#[derive(Debug, Clone)]
+pub enum Bind {
+    /// Text.
+    Text(String),
+    /// An integer.
+    Int(i64),
+    /// Bytes.
+    Bytes(Vec<u8>),
+    /// NULL (as text).
+    Null,
+}
+
+/// One SQL statement with its values, built here in `store/` and run later
+/// inside another transaction (the audit log's group commit).
+#[derive(Debug, Clone)]
+pub struct Statement {
+    /// The SQL (`$N` placeholders).
+    pub sql: &'static str,
+    /// The values.
+    pub binds: Vec<Bind>,
+}
+
+impl Store {
+    /// Runs a statement on a connection inside the caller's transaction;
+    /// returns the number of rows it changed.
+    pub async fn execute_in(conn: &mut sqlx::AnyConnection, s: &Statement) -> Result<u64> {
+        let mut q = sqlx::query(s.sql);
+        for b in &s.binds {
+            q = match b {
+                Bind::Text(v) => q.bind(v.clone()),
+                Bind::Int(v) => q.bind(*v),
+                Bind::Bytes(v) => q.bind(v.clone()),
+                Bind::Null => q.bind(Option::<String>::None),
+            };
+        }
+        Ok(q.execute(&mut *conn).await?.rows_affected())
+    }
+}
