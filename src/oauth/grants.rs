@@ -346,16 +346,9 @@ impl TokenGrant<'_> {
                 "the refresh token is bound to another DPoP key",
             ));
         }
-        self.issue(
-            &c,
-            jkt,
-            false,
-            "refresh_token",
-            vec![],
-            None,
-        )
-        .await?
-        .ok_or_else(|| Error::internal("an unguarded issue was refused").into())
+        self.issue(&c, jkt, false, "refresh_token", vec![], None)
+            .await?
+            .ok_or_else(|| Error::internal("an unguarded issue was refused").into())
     }
 
     /// CIBA poll mode: `authorization_pending`, `slow_down`, `expired_token`,
