@@ -50,6 +50,18 @@ pub enum Error {
     /// Valid credential without the right: 403.
     #[error("{0}")]
     Forbidden(String),
+    /// RFC 6750 §3.1: the access token cannot be used (401 `invalid_token`)
+    /// or does not cover this call (403 `insufficient_scope`); the challenge
+    /// names the DPoP scheme for sender-constrained tokens.
+    #[error("{detail}")]
+    TokenRefused {
+        /// 403 `insufficient_scope` rather than 401 `invalid_token`.
+        insufficient: bool,
+        /// What is wrong.
+        detail: String,
+        /// Challenge with `DPoP` rather than `Bearer`.
+        dpop: bool,
+    },
     /// The thing asked for does not exist (or is not visible to the caller): 404.
     #[error("{0}")]
     NotFound(String),
@@ -94,6 +106,10 @@ impl Error {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::TokenRefused {
+                insufficient: true, ..
+            } => StatusCode::FORBIDDEN,
+            Error::TokenRefused { .. } => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
@@ -157,6 +173,41 @@ impl IntoResponse for Error {
             }
             other => other.to_string(),
         };
+        let challenge = match &self {
+            Error::TokenRefused {
+                insufficient,
+                detail,
+                dpop,
+            } => {
+                // RFC 6750 §3: error_description is limited to printable ASCII without quotes.
+                let described: String = detail
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_graphic() && c != '"' && c != '\\' {
+                            c
+                        } else {
+                            ' '
+                        }
+                    })
+                    .collect();
+                Some(format!(
+                    "{} realm=\"licensegate\", error=\"{}\", error_description=\"{}\"{}",
+                    if *dpop { "DPoP" } else { "Bearer" },
+                    if *insufficient {
+                        "insufficient_scope"
+                    } else {
+                        "invalid_token"
+                    },
+                    described,
+                    if *dpop {
+                        ", algs=\"ES256 PS256 EdDSA\""
+                    } else {
+                        ""
+                    }
+                ))
+            }
+            _ => None,
+        };
         let errors = match self {
             Error::Invalid { errors, .. } => errors,
             _ => Vec::new(),
@@ -197,7 +248,9 @@ impl IntoResponse for Error {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if status == StatusCode::UNAUTHORIZED {
+        if let Some(v) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        } else if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer error=\"invalid_token\""),

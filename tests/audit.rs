@@ -11,54 +11,6 @@ use serde_json::{json, Value};
 
 // ---- an independent RFC 9162 implementation, written from the RFC --------
 
-fn sha(parts: &[&[u8]]) -> [u8; 32] {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    for p in parts {
-        ctx.update(p);
-    }
-    ctx.finish().as_ref().try_into().unwrap()
-}
-
-fn unhex(s: &str) -> [u8; 32] {
-    let v: Vec<u8> = (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect();
-    v.try_into().unwrap()
-}
-
-/// RFC 9162 §2.1.3.2.
-fn rfc_verify_inclusion(
-    leaf_data: &[u8],
-    index: u64,
-    size: u64,
-    path: &[[u8; 32]],
-    root: &[u8; 32],
-) -> bool {
-    if index >= size {
-        return false;
-    }
-    let (mut fnn, mut snn) = (index, size - 1);
-    let mut r = sha(&[&[0], leaf_data]);
-    for p in path {
-        if snn == 0 {
-            return false;
-        }
-        if fnn % 2 == 1 || fnn == snn {
-            r = sha(&[&[1], p, &r]);
-            while fnn % 2 == 0 && fnn != 0 {
-                fnn >>= 1;
-                snn >>= 1;
-            }
-        } else {
-            r = sha(&[&[1], &r, p]);
-        }
-        fnn >>= 1;
-        snn >>= 1;
-    }
-    snn == 0 && &r == root
-}
-
 /// RFC 9162 §2.1.4.2.
 fn rfc_verify_consistency(
     first: u64,

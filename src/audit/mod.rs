@@ -438,6 +438,8 @@ impl AuditLog {
     }
 
     async fn submit(&self, events: Vec<AuditEvent>, guard: Option<Guarded>) -> Result<Appended> {
+        let refusal_now = events.iter().any(|e| e.outcome == Outcome::Refused);
+        let refusal_if_refused = guard.as_ref().is_some_and(|g| !g.refused.is_empty());
         let (done, wait) = oneshot::channel();
         self.queue
             .send(Pending {
@@ -447,8 +449,13 @@ impl AuditLog {
             })
             .await
             .map_err(|_| Error::Unavailable("the audit log is shutting down".into()))?;
-        wait.await
-            .map_err(|_| Error::Unavailable("the audit log writer stopped".into()))?
+        let appended = wait
+            .await
+            .map_err(|_| Error::Unavailable("the audit log writer stopped".into()))??;
+        if refusal_now || (refusal_if_refused && !appended.applied) {
+            note_refusal_recorded();
+        }
+        Ok(appended)
     }
 
     /// Appends one record and waits until it is durable; returns its sequence number.
@@ -565,6 +572,17 @@ pub struct RequestMeta {
     pub request_id: String,
     /// Peer address.
     pub client_addr: Option<String>,
+    /// Set once a refusal of this request is on record with its details, so
+    /// that the HTTP layer does not record it a second time.
+    pub refusal_recorded: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Notes that the current request's refusal is on record.
+fn note_refusal_recorded() {
+    if let Some(m) = current_request() {
+        m.refusal_recorded
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 tokio::task_local! {

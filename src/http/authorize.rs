@@ -41,6 +41,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(revoke_form))
         .routes(routes!(my_consents))
         .routes(routes!(revoke_api))
+        .routes(routes!(access_history))
 }
 
 type Slot = Option<axum::Extension<ActorSlot>>;
@@ -903,4 +904,73 @@ async fn revoke_api(
     )
     .await?;
     Ok(Json(ConsentView::of(&c)?))
+}
+
+/// One read of the holder's licenses, as the holder sees it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct AccessEntry {
+    /// When (RFC 3339).
+    time: String,
+    /// license.retrieved or license.verified.
+    action: String,
+    /// The entity.
+    entity: String,
+    /// The license.
+    license: Option<String>,
+    /// Its type.
+    license_type: Option<String>,
+    /// Purpose.
+    purpose: Option<String>,
+    /// The consent it was read under.
+    consent: Option<String>,
+    /// Which fields (and, for verifications, the verdict).
+    detail: Option<String>,
+    /// Audit sequence number.
+    seq: i64,
+}
+
+/// Who read the holder's licenses: every retrieval and verification, newest
+/// first (session cookie).
+#[utoipa::path(
+    get, path = "/holder/v1/access-history", tag = "holder",
+    responses(
+        (status = 200, description = "Reads of my licenses", body = [AccessEntry]),
+        (status = 401, description = "Not logged in", body = crate::error::Problem),
+    )
+)]
+async fn access_history(
+    State(state): State<AppState>,
+    slot: Slot,
+    headers: HeaderMap,
+) -> Result<Json<Vec<AccessEntry>>> {
+    let s = session(&state, &headers, &slot)
+        .await?
+        .ok_or_else(|| Error::Unauthorized("log in first".into()))?;
+    let records = state
+        .store
+        .audit_records(
+            &crate::store::audit::AuditFilter {
+                holder: Some(s.holder_id.clone()),
+                ..Default::default()
+            },
+            1000,
+        )
+        .await?;
+    let mut out: Vec<AccessEntry> = records
+        .into_iter()
+        .filter(|r| r.action == "license.retrieved" || r.action == "license.verified")
+        .map(|r| AccessEntry {
+            time: r.time,
+            action: r.action,
+            entity: r.actor_id,
+            license: r.license,
+            license_type: r.license_type,
+            purpose: r.purpose,
+            consent: r.consent,
+            detail: r.reason,
+            seq: r.seq,
+        })
+        .collect();
+    out.reverse();
+    Ok(Json(out))
 }

@@ -81,10 +81,14 @@ pub async fn context(State(state): State<AppState>, mut req: Request, next: Next
     let meta = RequestMeta {
         request_id: request_id.clone(),
         client_addr,
+        refusal_recorded: Default::default(),
     };
     let mut res = with_request(meta.clone(), next.run(req)).await;
     let status = res.status();
-    if status.is_client_error() && audited(&path) {
+    let already = meta
+        .refusal_recorded
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if status.is_client_error() && audited(&path) && !already {
         let actor = slot.get().unwrap_or(Actor {
             kind: ActorKind::Anonymous,
             id: "-".into(),

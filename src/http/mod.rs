@@ -1,6 +1,7 @@
 //! HTTP: axum routers and thin handlers (parse, call a service, render).
 
 pub mod admin;
+pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod authorize;
@@ -41,6 +42,7 @@ pub struct ApiJson<T>(pub T);
     modifiers(&SecuritySchemes),
     tags(
         (name = "oauth", description = "OAuth 2 authorization server"),
+        (name = "retrieval", description = "Entities read and verify licenses under a holder's consent"),
         (name = "holder", description = "Holders' pages and API: login, consent, pending requests, showing a license, consents"),
         (name = "catalog", description = "The license catalog and issuing units (public)"),
         (name = "admin", description = "Operator API"),
@@ -80,6 +82,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(oauth::router())
         .merge(authorize::router())
         .merge(grants::router())
+        .merge(api::router())
         .merge(catalog::router())
         .merge(admin::router())
         .merge(issuer::router(config.max_import_bytes))

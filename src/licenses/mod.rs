@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod identifier;
 pub mod import;
+pub mod retrieval;
 pub mod sdjwt;
 
 use std::collections::BTreeMap;
@@ -1066,6 +1067,14 @@ impl Library {
             });
         }
         Ok(LicensePage { items, next_cursor })
+    }
+
+    /// The identifier of a license's current version.
+    pub fn current_identifier_of(&self, l: &LicenseRow) -> Result<String> {
+        let version = u16::try_from(l.current_version).map_err(Error::internal)?;
+        LicenseIdentifier::from_base(&l.id, version)
+            .map(|i| i.to_string())
+            .ok_or_else(|| Error::internal(format!("stored license id {} is malformed", l.id)))
     }
 
     async fn current_identifier(&self, l: &LicenseRow) -> Result<String> {

@@ -601,6 +601,88 @@ impl Store {
         }
     }
 
+    /// Spends one retrieval of a consent, in the group commit of its
+    /// `license.retrieved` record: changes a row only while the consent is
+    /// active, unexpired and has budget left, so concurrent reads never
+    /// overspend; the last one marks it used up.
+    pub fn spend_retrieval_statement(consent_id: &str, now_unix: i64, now: &str) -> Statement {
+        Statement {
+            sql: "UPDATE consents SET retrievals = retrievals + 1,
+                    status = CASE WHEN retrievals + 1 >= max_retrievals THEN 'used_up' ELSE status END,
+                    updated_at = $3
+                  WHERE id = $1 AND status = 'active' AND retrievals < max_retrievals AND expires_at > $2",
+            binds: vec![
+                Bind::Text(consent_id.to_owned()),
+                Bind::Int(now_unix),
+                Bind::Text(now.to_owned()),
+            ],
+        }
+    }
+
+    /// Queues a notification for a holder (outbox), in the group commit of
+    /// the record it tells about.
+    pub fn notification_statement(
+        id: &str,
+        holder_id: &str,
+        kind: &str,
+        payload: &str,
+        now: &str,
+    ) -> Statement {
+        Statement {
+            sql: "INSERT INTO notifications (id, holder_id, kind, payload, status, attempts, created_at)
+                  VALUES ($1, $2, $3, $4, 'queued', 0, $5)",
+            binds: vec![
+                Bind::Text(id.to_owned()),
+                Bind::Text(holder_id.to_owned()),
+                Bind::Text(kind.to_owned()),
+                Bind::Text(payload.to_owned()),
+                Bind::Text(now.to_owned()),
+            ],
+        }
+    }
+
+    /// A holder's queued notifications (newest first).
+    pub async fn notifications(&self, holder_id: &str) -> Result<Vec<(String, String, String)>> {
+        sqlx::query(
+            "SELECT kind, payload, status FROM notifications WHERE holder_id = $1 ORDER BY created_at DESC, id LIMIT 200",
+        )
+        .bind(holder_id)
+        .fetch_all(self.reader())
+        .await?
+        .iter()
+        .map(|r| Ok((col(r, "kind")?, col(r, "payload")?, col(r, "status")?)))
+        .collect()
+    }
+
+    /// What a resource call needs about its token, in one round trip: the
+    /// client's status, whether the token was revoked, and its consent.
+    pub async fn consent_for_call(
+        &self,
+        client_id: &str,
+        jti: &str,
+        consent_id: &str,
+    ) -> Result<Option<(String, bool, ConsentRow)>> {
+        let row = sqlx::query(
+            "SELECT c.*, k.status AS client_status,
+                    (SELECT COUNT(*) FROM revoked_tokens WHERE jti = $2) AS revoked
+             FROM consents c JOIN clients k ON k.client_id = c.client_id
+             WHERE c.id = $3 AND c.client_id = $1",
+        )
+        .bind(client_id)
+        .bind(jti)
+        .bind(consent_id)
+        .fetch_optional(self.reader())
+        .await?;
+        row.map(|r| {
+            Ok((
+                col(&r, "client_status")?,
+                col::<i64>(&r, "revoked")? > 0,
+                consent_from_row(&r)?,
+            ))
+        })
+        .transpose()
+    }
+
     /// Stores a refresh token.
     pub async fn insert_refresh(&self, digest: &[u8], r: &RefreshRow, now: &str) -> Result<()> {
         sqlx::query(

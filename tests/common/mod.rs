@@ -2,6 +2,8 @@
 //! database (SQLite by default; PostgreSQL when LICENSEGATE_TEST_DATABASE=postgres).
 #![allow(dead_code)]
 
+pub mod flows;
+
 use std::net::SocketAddr;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -407,4 +409,55 @@ pub async fn spawn_server(
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     panic!("licensegate did not come up on {base}");
+}
+
+// ---- an independent RFC 9162 inclusion check, written from the RFC -------
+
+/// SHA-256 over the concatenated parts.
+pub fn sha(parts: &[&[u8]]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for p in parts {
+        ctx.update(p);
+    }
+    ctx.finish().as_ref().try_into().unwrap()
+}
+
+pub fn unhex(s: &str) -> [u8; 32] {
+    let v: Vec<u8> = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect();
+    v.try_into().unwrap()
+}
+
+/// RFC 9162 §2.1.3.2.
+pub fn rfc_verify_inclusion(
+    leaf_data: &[u8],
+    index: u64,
+    size: u64,
+    path: &[[u8; 32]],
+    root: &[u8; 32],
+) -> bool {
+    if index >= size {
+        return false;
+    }
+    let (mut fnn, mut snn) = (index, size - 1);
+    let mut r = sha(&[&[0], leaf_data]);
+    for p in path {
+        if snn == 0 {
+            return false;
+        }
+        if fnn % 2 == 1 || fnn == snn {
+            r = sha(&[&[1], p, &r]);
+            while fnn % 2 == 0 && fnn != 0 {
+                fnn >>= 1;
+                snn >>= 1;
+            }
+        } else {
+            r = sha(&[&[1], &r, p]);
+        }
+        fnn >>= 1;
+        snn >>= 1;
+    }
+    snn == 0 && &r == root
 }

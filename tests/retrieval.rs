@@ -1,0 +1,498 @@
+//! Retrieval and verification over a real socket: field filtering, the
+//! issuer's SD-JWT and the broker's receipt checked independently, every
+//! enforcement rule on the very next call, the budget under a race, DPoP at
+//! the resource, and the holder's view of every read.
+
+mod common;
+
+use common::flows::*;
+use common::*;
+use serde_json::{json, Value};
+
+async fn api(w: &World, token: &str, path: &str) -> reqwest::Response {
+    w.s.http
+        .get(w.s.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn at(t: &Value) -> String {
+    t["access_token"].as_str().unwrap().to_owned()
+}
+
+async fn status_and_challenge(res: reqwest::Response) -> (u16, String) {
+    let status = res.status().as_u16();
+    let challenge = res
+        .headers()
+        .get("www-authenticate")
+        .map(|h| h.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, challenge)
+}
+
+#[tokio::test]
+async fn retrieval_serves_only_what_was_consented_and_proves_it() {
+    let w = world_with(|_| {}).await;
+    let (id, secret) = bank(&w, "91310000MA1RTRWB0", json!({})).await;
+    let secret = secret.unwrap();
+    let t = consent_tokens(&w, &id, &secret, &details(Some(30), Some(3))).await;
+    let token = at(&t);
+
+    let covered: Value = api(&w, &token, "/api/v1/licenses")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(covered["retrievals_left"], 3);
+    assert_eq!(covered["purpose"], "account_opening");
+    let identifier = covered["licenses"][0]["identifier"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        covered["licenses"][0]["fields"],
+        json!(["name", "id_number"])
+    );
+
+    let res = api(&w, &token, &format!("/api/v1/licenses/{identifier}")).await;
+    assert_eq!(res.status(), 200);
+    let got: Value = res.json().await.unwrap();
+    let fields = got["fields"].as_object().unwrap();
+    let mut names: Vec<&str> = fields.keys().map(String::as_str).collect();
+    names.sort();
+    assert_eq!(names, ["id_number", "name"]);
+    assert_eq!(fields["id_number"], w.holder.0.as_str());
+    // The SD-JWT verifies against the issuer's keys and discloses exactly these fields.
+    let issuer_jwks: Value =
+        w.s.http
+            .get(got["issuer_jwks_uri"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let disclosed = verify_sd_jwt(got["sd_jwt"].as_str().unwrap(), &issuer_jwks);
+    assert_eq!(&disclosed, fields);
+    // The receipt verifies against the broker's keys and names the audit record.
+    let broker_jwks: Value =
+        w.s.http
+            .get(w.s.url("/jwks.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let receipt = got["receipt"].as_str().unwrap();
+    verify_with_jwks(receipt, &broker_jwks);
+    let r = jwt_part(receipt, 1);
+    assert_eq!(jwt_part(receipt, 0)["typ"], "retrieval-receipt+jwt");
+    assert_eq!(r["audit_seq"], got["audit_seq"]);
+    assert_eq!(r["entity"], id);
+    assert_eq!(r["purpose"], "account_opening");
+    assert!(r["annotation"].as_str().unwrap().contains("他用无效"));
+    let seq = got["audit_seq"].as_i64().unwrap();
+    let rec = w.s.services.store.audit_range(seq - 1, seq).await.unwrap();
+    assert_eq!(rec[0].action, "license.retrieved");
+    assert_eq!(rec[0].consent.as_deref(), r["consent"].as_str());
+    // ...with an inclusion proof under a signed checkpoint, checked from the RFC.
+    let regulator = w.s.regulator_token().await;
+    let cp: Value =
+        w.s.post_json(&regulator, "/audit/v1/checkpoints/latest", &json!({}))
+            .await
+            .json()
+            .await
+            .unwrap();
+    let size = cp["tree_size"].as_i64().unwrap();
+    let proof: Value =
+        w.s.get(
+            &regulator,
+            &format!("/audit/v1/records/{seq}/inclusion?tree_size={size}"),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let path: Vec<[u8; 32]> = proof["audit_path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| unhex(h.as_str().unwrap()))
+        .collect();
+    assert!(rfc_verify_inclusion(
+        &unhex(proof["record_hash"].as_str().unwrap()),
+        seq as u64 - 1,
+        size as u64,
+        &path,
+        &unhex(cp["root_hash"].as_str().unwrap())
+    ));
+
+    // Verification (核验): the SD-JWT shown, then fields held.
+    let verify = |body: Value| {
+        let w = &w;
+        let token = token.clone();
+        async move {
+            let res =
+                w.s.http
+                    .post(w.s.url("/api/v1/verifications"))
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+            (res.status().as_u16(), res.json::<Value>().await.unwrap())
+        }
+    };
+    let (s, v) = verify(json!({"identifier": identifier, "sd_jwt": got["sd_jwt"]})).await;
+    assert_eq!(
+        (s, &v["authentic"], &v["current"]),
+        (200, &json!(true), &json!(true)),
+        "{v}"
+    );
+    let (_, v) =
+        verify(json!({"identifier": identifier, "fields": {"name": fields["name"]}})).await;
+    assert_eq!(v["authentic"], true);
+    let (_, v) = verify(json!({"identifier": identifier, "fields": {"name": "张冒名"}})).await;
+    assert_eq!(
+        (&v["authentic"], &v["mismatched_fields"]),
+        (&json!(false), &json!(["name"]))
+    );
+    let (s, _) = verify(json!({"identifier": identifier, "fields": {"sex": "男"}})).await;
+    assert_eq!(s, 403);
+    let (s, _) = verify(json!({"identifier": identifier, "sd_jwt": "eyJ.forged.sig"})).await;
+    assert_eq!(s, 200);
+
+    // Not covered: 404 without saying more.
+    assert_eq!(
+        api(
+            &w,
+            &token,
+            "/api/v1/licenses/1.2.156.3005.2.JMSFZ.11310000002420005R.99999999.001.X"
+        )
+        .await
+        .status(),
+        404
+    );
+    // The budget: 3 reads, then refused (audited).
+    assert_eq!(
+        api(&w, &token, &format!("/api/v1/licenses/{identifier}"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        api(&w, &token, &format!("/api/v1/licenses/{identifier}"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        api(&w, &token, &format!("/api/v1/licenses/{identifier}"))
+            .await
+            .status(),
+        403
+    );
+
+    // The holder sees every read, and a notification is queued for each.
+    let mut b = Browser::new(&w.s.base);
+    b.login_via("/holder/consents", &w.holder.0, &w.holder.1)
+        .await;
+    let history: Value = b
+        .http
+        .get(w.s.url("/holder/v1/access-history"))
+        .header("cookie", b.cookie_header())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let reads = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "license.retrieved")
+        .count();
+    let checks = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "license.verified")
+        .count();
+    assert_eq!((reads, checks), (3, 4));
+    assert_eq!(history[0]["entity"], id);
+    let holder_id = jwt_part(&token, 1)["sub"].as_str().unwrap().to_owned();
+    assert_eq!(
+        w.s.services
+            .store
+            .notifications(&holder_id)
+            .await
+            .unwrap()
+            .len(),
+        7
+    );
+    w.s.stop().await;
+}
+
+#[tokio::test]
+async fn every_rule_applies_on_the_next_call() {
+    let w = world_with(|_| {}).await;
+    let (id, secret) = bank(&w, "91310000MA1RULEB0", json!({})).await;
+    let secret = secret.unwrap();
+    let rar = details(Some(30), Some(3));
+    let fresh = || consent_tokens(&w, &id, &secret, &rar);
+    let t = fresh().await;
+    let token = at(&t);
+    let covered: Value = api(&w, &token, "/api/v1/licenses")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let identifier = covered["licenses"][0]["identifier"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let read = |token: String| {
+        let w = &w;
+        let path = format!("/api/v1/licenses/{identifier}");
+        async move { status_and_challenge(api(w, &token, &path).await).await }
+    };
+
+    // No token, a malformed one, a client_credentials token.
+    let (s, c) = status_and_challenge(
+        w.s.http
+            .get(w.s.url("/api/v1/licenses"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 401);
+    assert!(
+        c.starts_with("Bearer") && c.contains("invalid_token"),
+        "{c}"
+    );
+    assert_eq!(read("not.a.jwt".into()).await.0, 401);
+    let (_, cc) = token_form(&w, &id, &secret, &[("grant_type", "client_credentials")]).await;
+    assert!(cc["access_token"].is_string(), "{cc}");
+    let (s, c) = read(at(&cc)).await;
+    assert_eq!(s, 403);
+    assert!(c.contains("insufficient_scope"), "{c}");
+
+    // The token revoked: refused at once; a refreshed one still works.
+    assert_eq!(read(token.clone()).await.0, 200);
+    let res =
+        w.s.http
+            .post(w.s.url("/revoke"))
+            .basic_auth(&id, Some(&secret))
+            .form(&[("token", token.as_str())])
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(read(token.clone()).await.0, 401);
+    let (_, t2) = token_form(
+        &w,
+        &id,
+        &secret,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", t["refresh_token"].as_str().unwrap()),
+        ],
+    )
+    .await;
+    assert_eq!(read(at(&t2)).await.0, 200);
+
+    // The entity suspended, then reinstated.
+    assert_eq!(
+        w.s.post_json(
+            &w.op,
+            &format!("/admin/v1/entities/{id}/suspend"),
+            &json!({"reason": "inspection"})
+        )
+        .await
+        .status(),
+        200
+    );
+    let (s, c) = read(at(&t2)).await;
+    assert_eq!(s, 401, "{c}");
+    assert_eq!(
+        w.s.post_json(
+            &w.op,
+            &format!("/admin/v1/entities/{id}/reinstate"),
+            &json!({"reason": "cleared"})
+        )
+        .await
+        .status(),
+        200
+    );
+    let (_, t3) = token_form(
+        &w,
+        &id,
+        &secret,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", t["refresh_token"].as_str().unwrap()),
+        ],
+    )
+    .await;
+    assert_eq!(read(at(&t3)).await.0, 200, "{t3}");
+
+    // The scenario withdrawn: refused by the use list; approved again: allowed.
+    let spare = fresh().await;
+    let withdraw =
+        w.s.post_json(
+            &w.op,
+            &format!("/admin/v1/entities/{id}/scenarios/account_opening/withdraw"),
+            &json!({"reason": "review"}),
+        )
+        .await;
+    assert_eq!(withdraw.status(), 200);
+    assert_eq!(read(at(&spare)).await.0, 403);
+    assert_eq!(
+        w.s.put_json(
+            &w.op,
+            &format!("/admin/v1/entities/{id}/scenarios/account_opening"),
+            &json!({
+                "purpose": "account_opening", "description": "开立银行账户 / opening a bank account",
+                "license_types": ["JMSFZ"], "fields": {"JMSFZ": ["name", "sex", "address", "id_number"]},
+                "max_consent_days": 30, "max_retrievals": 3, "flows": ["redirect", "decoupled", "show_license"]
+            }),
+        )
+        .await
+        .status(),
+        200
+    );
+    assert_eq!(read(at(&spare)).await.0, 200);
+
+    // The consent revoked by the entity (grant management): every token dies.
+    let fresh_t = fresh().await;
+    assert_eq!(read(at(&fresh_t)).await.0, 200);
+    let res =
+        w.s.http
+            .delete(w.s.url(&format!(
+                "/grants/{}",
+                fresh_t["grant_id"].as_str().unwrap()
+            )))
+            .bearer_auth(at(&cc))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(res.status(), 204);
+    let (s, c) = read(at(&fresh_t)).await;
+    assert_eq!(s, 401);
+    assert!(c.contains("consent was revoked"), "{c}");
+
+    // The license suspended by its issuer: reported, not served.
+    let base = identifier.rsplitn(3, '.').nth(2).unwrap().to_owned();
+    let issuer_creds: Value = serde_json::from_str(
+        &std::fs::read_to_string(w.s.dir.path().join("demo-credentials.json")).unwrap(),
+    )
+    .unwrap();
+    let mut suspended = false;
+    for c in issuer_creds["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["role"] == "issuer")
+    {
+        let tok =
+            w.s.token(
+                c["client_id"].as_str().unwrap(),
+                c["client_secret"].as_str().unwrap(),
+            )
+            .await;
+        let res =
+            w.s.post_json(
+                &tok,
+                &format!("/issuer/v1/licenses/{identifier}/suspend"),
+                &json!({"reason": "under review"}),
+            )
+            .await;
+        if res.status() == 200 {
+            suspended = true;
+            break;
+        }
+    }
+    assert!(suspended, "the ID card's issuer suspends it ({base})");
+    let last = fresh().await;
+    let res = api(&w, &at(&last), &format!("/api/v1/licenses/{identifier}")).await;
+    assert_eq!(res.status(), 403);
+    let problem: Value = res.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("only-valid-licenses-are-retrieved"),
+        "{problem}"
+    );
+    let covered: Value = api(&w, &at(&last), "/api/v1/licenses")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(covered["licenses"][0]["status"], "suspended");
+    w.s.stop().await;
+}
+
+#[tokio::test]
+async fn the_budget_holds_under_a_race() {
+    let w = world_with(|_| {}).await;
+    let (id, secret) = bank(&w, "91310000MA1RACEB0", json!({})).await;
+    let secret = secret.unwrap();
+    let t = consent_tokens(&w, &id, &secret, &details(Some(30), Some(3))).await;
+    let token = at(&t);
+    let covered: Value = api(&w, &token, "/api/v1/licenses")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let path = format!(
+        "/api/v1/licenses/{}",
+        covered["licenses"][0]["identifier"].as_str().unwrap()
+    );
+    let before = actions(&w).await.len();
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let (http, url, token) = (w.s.http.clone(), w.s.url(&path), token.clone());
+        tasks.push(tokio::spawn(async move {
+            http.get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut ok = 0;
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => ok += 1,
+            403 => refused += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((ok, refused), (3, 97));
+    let after = actions(&w).await;
+    let new = &after[before..];
+    assert_eq!(
+        new.iter()
+            .filter(|(a, _, _)| a == "license.retrieved")
+            .count(),
+        3
+    );
+    assert_eq!(
+        new.iter()
+            .filter(|(a, o, r)| a == "access.denied"
+                && o == "refused"
+                && r.as_deref().is_some_and(|r| r.contains("budget")))
+            .count(),
+        97
+    );
+    w.s.stop().await;
+}
