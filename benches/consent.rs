@@ -3,10 +3,14 @@
 //! (each: client authentication, code lookup and single-use update, PKCE,
 //! consent check, a signed access token, a refresh token row, two durable
 //! audit records) and refreshes per second (client authentication, refresh
-//! token and consent lookups, a signed token, one durable audit record).
+//! token and consent lookups, a signed token, one durable audit record),
+//! then retrievals per second (`GET /api/v1/licenses/{id}`: token
+//! verification, token/client/consent check, policy decision, unsealing the
+//! consented fields, budget spent and `license.retrieved` made durable in one
+//! group commit with the holder's notification, a signed receipt).
 //! The load generator runs in the same process, on the same 2 cores.
 //!
-//!     cargo bench --bench consent [-- CODES [CONCURRENCY]]
+//!     cargo bench --bench consent [-- REQUESTS [CONCURRENCY]]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -235,6 +239,8 @@ async fn main() {
         tokens.push(rt);
     }
     let tokens = Arc::new(tokens);
+    let http2 = http.clone();
+    let bank_id = client_id.clone();
     let refresh = move |i: usize| {
         let (http, url, client_id, secret, tokens) = (
             http.clone(),
@@ -266,5 +272,47 @@ async fn main() {
     let (rate, p50, p99) = load(codes, concurrency, refresh).await;
     println!(
         "refreshes: {rate:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms ({codes} requests, {concurrency} concurrent)"
+    );
+
+    // Retrievals under one consent with a budget large enough for the run.
+    let mut c = new_consent(&holder, &bank_id, &terms, &granted, Flow::Redirect).expect("consent");
+    c.max_retrievals = i64::MAX / 2;
+    services
+        .store
+        .insert_consent(&c)
+        .await
+        .expect("insert consent");
+    let client = services
+        .clients
+        .get(&bank_id)
+        .await
+        .expect("client")
+        .expect("the bank's client");
+    let (token, _) = services
+        .tokens
+        .issue_for_consent(&client, &c, None)
+        .await
+        .expect("token");
+    let license_url = format!("http://{addr}/api/v1/licenses/{}", granted[0].licenses[0]);
+    let retrieve = move |_: usize| {
+        let (http, url, token) = (http2.clone(), license_url.clone(), token.clone());
+        async move {
+            let res = http
+                .get(&url)
+                .bearer_auth(&token)
+                .send()
+                .await
+                .expect("request");
+            assert_eq!(
+                res.status(),
+                200,
+                "{}",
+                res.text().await.unwrap_or_default()
+            );
+        }
+    };
+    let (rate, p50, p99) = load(codes, concurrency, retrieve).await;
+    println!(
+        "retrievals: {rate:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms ({codes} requests, {concurrency} concurrent)"
     );
 }

@@ -5,8 +5,6 @@
 
 mod common;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use common::flows::*;
 use common::*;
 use oauth2::basic::BasicClient;
@@ -15,7 +13,6 @@ use oauth2::{
     PkceCodeChallenge, RedirectUrl, RevocationUrl, TokenIntrospectionResponse, TokenResponse,
     TokenUrl,
 };
-use ring::signature::KeyPair;
 use serde_json::{json, Value};
 
 fn oauth_client(
@@ -692,30 +689,6 @@ async fn attacks_are_refused_and_audited() {
         .await;
     assert_eq!(p.status, 303);
     w.s.stop().await;
-}
-
-/// An Ed25519 key as (private key for jsonwebtoken, public JWK).
-fn ed25519_key(kid: &str) -> (jsonwebtoken::EncodingKey, Value) {
-    let rng = ring::rand::SystemRandom::new();
-    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
-    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
-    let jwk = json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": URL_SAFE_NO_PAD.encode(pair.public_key().as_ref())});
-    (jsonwebtoken::EncodingKey::from_ed_der(pkcs8.as_ref()), jwk)
-}
-
-fn dpop_proof(key: &(jsonwebtoken::EncodingKey, Value), htm: &str, htu: &str, jti: &str) -> String {
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
-    header.typ = Some("dpop+jwt".into());
-    let mut jwk = key.1.clone();
-    jwk.as_object_mut().unwrap().remove("kid");
-    header.jwk = Some(serde_json::from_value(jwk).unwrap());
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    jsonwebtoken::encode(
-        &header,
-        &json!({"jti": jti, "htm": htm, "htu": htu, "iat": now}),
-        &key.0,
-    )
-    .unwrap()
 }
 
 #[tokio::test]

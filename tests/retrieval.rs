@@ -496,3 +496,100 @@ async fn the_budget_holds_under_a_race() {
     );
     w.s.stop().await;
 }
+
+#[tokio::test]
+async fn sender_constrained_tokens_need_their_key_at_the_resource() {
+    let w = world_with(|_| {}).await;
+    let (id, secret) = bank(
+        &w,
+        "91310000MA1DPRTB0",
+        json!({"dpop_bound_access_tokens": true}),
+    )
+    .await;
+    let secret = secret.unwrap();
+    let key = ed25519_key("k");
+    let (request_uri, verifier) = pushed(&w, &id, &secret, &details(Some(30), Some(3))).await;
+    let mut b = Browser::new(&w.s.base);
+    let page = b
+        .login_via(&authorize_path(&id, &request_uri), &w.holder.0, &w.holder.1)
+        .await;
+    let code = approve(&mut b, &page, &[]).await["code"].clone();
+    let res =
+        w.s.http
+            .post(w.s.url("/token"))
+            .basic_auth(&id, Some(&secret))
+            .header("DPoP", dpop_proof(&key, "POST", &w.s.url("/token"), "t1"))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+                ("code_verifier", verifier.secret()),
+            ])
+            .send()
+            .await
+            .unwrap();
+    let t: Value = res.json().await.unwrap();
+    assert_eq!(t["token_type"], "DPoP", "{t}");
+    let token = at(&t);
+    let url = w.s.url("/api/v1/licenses");
+    let call = |scheme: &'static str, proof: Option<String>| {
+        let (w, token, url) = (&w, token.clone(), url.clone());
+        async move {
+            let mut req =
+                w.s.http
+                    .get(&url)
+                    .header("authorization", format!("{scheme} {token}"));
+            if let Some(p) = proof {
+                req = req.header("DPoP", p);
+            }
+            status_and_challenge(req.send().await.unwrap()).await
+        }
+    };
+    // As a bearer token: refused, with a DPoP challenge.
+    let (s, c) = call("Bearer", None).await;
+    assert_eq!(s, 401);
+    assert!(c.starts_with("DPoP"), "{c}");
+    // Without a proof, with a proof for another URL, without ath, by another key: refused.
+    assert_eq!(call("DPoP", None).await.0, 401);
+    assert_eq!(
+        call(
+            "DPoP",
+            Some(dpop_proof_for(
+                &key,
+                "GET",
+                &w.s.url("/api/v1/verifications"),
+                "r1",
+                Some(&token)
+            ))
+        )
+        .await
+        .0,
+        401
+    );
+    assert_eq!(
+        call("DPoP", Some(dpop_proof(&key, "GET", &url, "r2")))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        call(
+            "DPoP",
+            Some(dpop_proof_for(
+                &ed25519_key("x"),
+                "GET",
+                &url,
+                "r3",
+                Some(&token)
+            ))
+        )
+        .await
+        .0,
+        401
+    );
+    // With its key: served; the same proof again is a replay.
+    let proof = dpop_proof_for(&key, "GET", &url, "r4", Some(&token));
+    assert_eq!(call("DPoP", Some(proof.clone())).await.0, 200);
+    assert_eq!(call("DPoP", Some(proof)).await.0, 401);
+    w.s.stop().await;
+}

@@ -3,6 +3,10 @@
 
 use std::collections::HashMap;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ring::signature::KeyPair;
+
 use oauth2::{PkceCodeChallenge, PkceCodeVerifier};
 use serde_json::{json, Value};
 
@@ -366,4 +370,45 @@ pub async fn consent_tokens(w: &World, id: &str, secret: &str, rar: &str) -> Val
     .await;
     assert_eq!(status, 200, "{t}");
     t
+}
+
+/// An Ed25519 key as (private key for jsonwebtoken, public JWK).
+pub fn ed25519_key(kid: &str) -> (jsonwebtoken::EncodingKey, Value) {
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    let jwk = json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": URL_SAFE_NO_PAD.encode(pair.public_key().as_ref())});
+    (jsonwebtoken::EncodingKey::from_ed_der(pkcs8.as_ref()), jwk)
+}
+
+/// A DPoP proof (RFC 9449) by `key` for `htm` `htu`.
+pub fn dpop_proof(
+    key: &(jsonwebtoken::EncodingKey, Value),
+    htm: &str,
+    htu: &str,
+    jti: &str,
+) -> String {
+    dpop_proof_for(key, htm, htu, jti, None)
+}
+
+/// A DPoP proof that also names the access token it accompanies (`ath`).
+pub fn dpop_proof_for(
+    key: &(jsonwebtoken::EncodingKey, Value),
+    htm: &str,
+    htu: &str,
+    jti: &str,
+    access_token: Option<&str>,
+) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.typ = Some("dpop+jwt".into());
+    let mut jwk = key.1.clone();
+    jwk.as_object_mut().unwrap().remove("kid");
+    header.jwk = Some(serde_json::from_value(jwk).unwrap());
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut claims = json!({"jti": jti, "htm": htm, "htu": htu, "iat": now});
+    if let Some(t) = access_token {
+        let digest = ring::digest::digest(&ring::digest::SHA256, t.as_bytes());
+        claims["ath"] = json!(URL_SAFE_NO_PAD.encode(digest.as_ref()));
+    }
+    jsonwebtoken::encode(&header, &claims, &key.0).unwrap()
 }
