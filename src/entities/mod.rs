@@ -682,7 +682,6 @@ pub struct DecisionRequest {
 /// Decides with the entity's current status, approved scenarios, the catalog,
 /// the license's current status and the policies in force; audits refusals.
 pub async fn decide_for(services: &Services, r: &DecisionRequest) -> Result<Decision> {
-    let entity = services.store.entity(&r.entity_id).await?;
     let ty = services
         .store
         .license_type(&r.license_type)
@@ -720,21 +719,30 @@ pub async fn decide_for(services: &Services, r: &DecisionRequest) -> Result<Deci
             }
         }
     };
-    let decision = match &entity {
+    decide_about(services, r, &ty.spec, resource).await
+}
+
+/// The decision once the license type and the resource (with the license's
+/// status now) are known; reads the entity and its scenarios in one query.
+pub async fn decide_about(
+    services: &Services,
+    r: &DecisionRequest,
+    license_type: &crate::licenses::catalog::LicenseTypeSpec,
+    resource: Resource,
+) -> Result<Decision> {
+    let found = services.store.entity_with_scenarios(&r.entity_id).await?;
+    let decision = match &found {
         None => Decision {
             allowed: false,
             reasons: vec![format!("entity: {} is not registered", r.entity_id)],
         },
-        Some(e) if e.status == "pending" || e.status == "rejected" => Decision {
+        Some((e, _)) if e.status == "pending" || e.status == "rejected" => Decision {
             allowed: false,
             reasons: vec![format!("entity: {} is {}, not approved", e.id, e.status)],
         },
-        Some(e) => {
-            let scenarios = services
-                .store
-                .scenarios(&e.id)
-                .await?
-                .into_iter()
+        Some((e, scenarios)) => {
+            let scenarios = scenarios
+                .iter()
                 .filter(|s| s.status == "approved")
                 .map(|s| serde_json::from_str::<Scenario>(&s.spec).map_err(Error::internal))
                 .collect::<Result<Vec<_>>>()?;
@@ -754,7 +762,7 @@ pub async fn decide_for(services: &Services, r: &DecisionRequest) -> Result<Deci
                 &Question {
                     entity: &facts,
                     action: r.action,
-                    license_type: &ty.spec,
+                    license_type,
                     resource,
                     purpose: &r.purpose,
                     fields: &r.fields,

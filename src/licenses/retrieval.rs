@@ -26,8 +26,9 @@ use crate::entities::DecisionRequest;
 use crate::error::{Error, Result};
 use crate::keys::{b64url, random_token, sha256, BROKER};
 use crate::oauth::AccessClaims;
-use crate::policy::PolicyAction;
+use crate::policy::{PolicyAction, Resource};
 use crate::store::consent::ConsentRow;
+use crate::store::licenses::LicenseRow;
 use crate::store::{now, timestamp, Store};
 
 /// A token checked for a resource call, with its consent.
@@ -194,20 +195,30 @@ async fn decide(
     services: &Services,
     a: &ConsentAccess,
     action: PolicyAction,
-    license_type: &str,
+    license: &LicenseRow,
     identifier: &str,
     fields: &[String],
 ) -> Result<()> {
-    let d = crate::entities::decide_for(
+    let ty = services.library.license_type(&license.license_type).await?;
+    let status = serde_json::to_value(effective_status(license, today()))
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let d = crate::entities::decide_about(
         services,
         &DecisionRequest {
             entity_id: a.claims.client_id.clone(),
             action,
-            license_type: license_type.to_owned(),
+            license_type: license.license_type.clone(),
             license: Some(identifier.to_owned()),
             purpose: a.consent.purpose.clone(),
             fields: fields.to_vec(),
             flow: None,
+        },
+        &ty.spec,
+        Resource::License {
+            id: identifier.to_owned(),
+            status,
         },
     )
     .await?;
@@ -249,7 +260,7 @@ pub async fn retrieve(
         services,
         a,
         PolicyAction::Retrieve,
-        &license.license_type,
+        &license,
         &version.identifier,
         &granted.fields,
     )
@@ -421,7 +432,7 @@ pub async fn verify(
         services,
         a,
         PolicyAction::Verify,
-        &license.license_type,
+        &license,
         &current.identifier,
         &given,
     )

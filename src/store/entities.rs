@@ -156,6 +156,36 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// An entity with its scenarios, in one round trip (every policy decision reads them).
+    pub async fn entity_with_scenarios(
+        &self,
+        id: &str,
+    ) -> Result<Option<(EntityRow, Vec<ScenarioRow>)>> {
+        let rows = sqlx::query(
+            "SELECT e.*, s.purpose AS s_purpose, s.spec AS s_spec, s.status AS s_status
+             FROM entities e LEFT JOIN scenarios s ON s.entity_id = e.id
+             WHERE e.id = $1 ORDER BY s.purpose",
+        )
+        .bind(id)
+        .fetch_all(self.reader())
+        .await?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let entity = entity_from_row(first)?;
+        let mut scenarios = Vec::new();
+        for r in &rows {
+            if let Some(purpose) = col::<Option<String>>(r, "s_purpose")? {
+                scenarios.push(ScenarioRow {
+                    purpose,
+                    spec: col(r, "s_spec")?,
+                    status: col(r, "s_status")?,
+                });
+            }
+        }
+        Ok(Some((entity, scenarios)))
+    }
+
     /// An entity's scenarios.
     pub async fn scenarios(&self, entity_id: &str) -> Result<Vec<ScenarioRow>> {
         sqlx::query(
