@@ -705,10 +705,7 @@ pub async fn decide_for(services: &Services, r: &DecisionRequest) -> Result<Deci
             match l {
                 Some(l) if l.license_type == ty.spec.code => Resource::License {
                     id: id.clone(),
-                    status: serde_json::to_value(effective_status(&l, today()))
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default(),
+                    status: effective_status(&l, today()).as_str().to_owned(),
                 },
                 _ => {
                     return Err(Error::NotFound(format!(

@@ -128,13 +128,10 @@ async fn authenticated(
     OAuthError,
 > {
     let (params, authorization) = form_request(slot, headers, body)?;
-    let client = state.clients.authenticate(authorization, &params).await?;
-    if client.status != crate::oauth::ClientStatus::Active {
-        return Err(OAuthError::new(
-            OAuthErrorCode::InvalidClient,
-            "the client is suspended",
-        ));
-    }
+    let client = state
+        .clients
+        .authenticate_active(authorization, &params)
+        .await?;
     Ok((client, params))
 }
 

@@ -135,6 +135,18 @@ pub enum LicenseStatus {
     Expired,
 }
 
+impl LicenseStatus {
+    /// Wire spelling (as the policies see it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LicenseStatus::Valid => "valid",
+            LicenseStatus::Suspended => "suspended",
+            LicenseStatus::Cancelled => "cancelled",
+            LicenseStatus::Expired => "expired",
+        }
+    }
+}
+
 /// The holder as shown to the issuer.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct HolderView {

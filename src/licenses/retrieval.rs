@@ -200,10 +200,7 @@ async fn decide(
     fields: &[String],
 ) -> Result<()> {
     let ty = services.library.license_type(&license.license_type).await?;
-    let status = serde_json::to_value(effective_status(license, today()))
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
+    let status = effective_status(license, today()).as_str().to_owned();
     let d = crate::entities::decide_about(
         services,
         &DecisionRequest {

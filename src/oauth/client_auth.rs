@@ -342,6 +342,23 @@ impl Clients {
         Ok(secret)
     }
 
+    /// Authenticates the client of an OAuth request and requires it to be
+    /// active: what every endpoint that acts for a client needs.
+    pub async fn authenticate_active(
+        &self,
+        authorization: Option<&str>,
+        params: &HashMap<String, String>,
+    ) -> Result<Client, OAuthError> {
+        let client = self.authenticate(authorization, params).await?;
+        if client.status != super::ClientStatus::Active {
+            return Err(OAuthError::new(
+                OAuthErrorCode::InvalidClient,
+                "the client is suspended",
+            ));
+        }
+        Ok(client)
+    }
+
     /// Authenticates the client of a token request, by exactly one method.
     pub async fn authenticate(
         &self,

@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{ClientStatus, OAuthError, OAuthErrorCode, Role};
+use super::{OAuthError, OAuthErrorCode, Role};
 use crate::app::Services;
 use crate::audit::{ActorKind, AuditEvent, Outcome};
 use crate::consent::{self, Candidate, Choice, Terms};
@@ -83,13 +83,10 @@ async fn entity_client(
     authorization: Option<&str>,
     params: &HashMap<String, String>,
 ) -> Result<super::Client, OAuthError> {
-    let client = services.clients.authenticate(authorization, params).await?;
-    if client.status != ClientStatus::Active {
-        return Err(OAuthError::new(
-            OAuthErrorCode::InvalidClient,
-            "the client is suspended",
-        ));
-    }
+    let client = services
+        .clients
+        .authenticate_active(authorization, params)
+        .await?;
     if client.role != Role::Entity {
         return Err(OAuthError::new(
             OAuthErrorCode::UnauthorizedClient,

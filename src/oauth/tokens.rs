@@ -218,13 +218,10 @@ pub async fn token_request(
     let grant_type = params
         .get("grant_type")
         .ok_or_else(|| OAuthError::new(OAuthErrorCode::InvalidRequest, "grant_type is required"))?;
-    let client = services.clients.authenticate(authorization, params).await?;
-    if client.status != ClientStatus::Active {
-        return Err(OAuthError::new(
-            OAuthErrorCode::InvalidClient,
-            "the client is suspended",
-        ));
-    }
+    let client = services
+        .clients
+        .authenticate_active(authorization, params)
+        .await?;
     let grant = super::grants::TokenGrant {
         services,
         client: &client,
