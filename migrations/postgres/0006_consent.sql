@@ -52,8 +52,8 @@ CREATE TABLE authorization_requests (
 CREATE INDEX authorization_requests_holder ON authorization_requests (holder_id, status);
 
 -- Consents (授权). details: the granted authorization_details with the
--- licenses they cover. status active / revoked / used_up; expiry is computed
--- from expires_at on every use.
+-- licenses they cover. status is active or revoked; expired and used up are
+-- computed from expires_at and the retrieval counter on every use.
 CREATE TABLE consents (
     id               TEXT PRIMARY KEY,
     holder_id        TEXT NOT NULL REFERENCES holders (id),
@@ -63,7 +63,7 @@ CREATE TABLE consents (
     details          TEXT NOT NULL,
     max_retrievals   BIGINT NOT NULL,
     retrievals       BIGINT NOT NULL,
-    status           TEXT NOT NULL CHECK (status IN ('active', 'revoked', 'used_up')),
+    status           TEXT NOT NULL CHECK (status IN ('active', 'revoked')),
     status_reason    TEXT,
     expires_at       BIGINT NOT NULL,
     created_at       TEXT NOT NULL,

@@ -466,7 +466,6 @@ pub struct ConsentView {
 pub fn effective_consent_status(c: &ConsentRow, now_unix: i64) -> &'static str {
     match c.status.as_str() {
         "revoked" => "revoked",
-        "used_up" => "used_up",
         _ if c.expires_at <= now_unix => "expired",
         _ if c.retrievals >= c.max_retrievals => "used_up",
         _ => "active",

@@ -366,16 +366,11 @@ pub async fn introspect(
     }
     let usable = match &claims.consent {
         // A token acting for a holder lives only as long as its consent.
-        Some(consent) => {
-            store
-                .consent_token_usable(
-                    &claims.client_id,
-                    &claims.jti,
-                    consent,
-                    now().unix_timestamp(),
-                )
-                .await?
-        }
+        Some(consent) => matches!(
+            store.consent_for_call(&claims.client_id, &claims.jti, consent).await?,
+            Some((status, false, c)) if status == ClientStatus::Active.as_str()
+                && crate::consent::effective_consent_status(&c, now().unix_timestamp()) == "active"
+        ),
         None => matches!(
             store
                 .client_status_and_revocation(&claims.client_id, &claims.jti)

@@ -74,7 +74,7 @@ pub struct ConsentRow {
     pub max_retrievals: i64,
     /// Retrievals made.
     pub retrievals: i64,
-    /// active, revoked, used_up.
+    /// active or revoked (expired and used up are computed).
     pub status: String,
     /// Why it was revoked.
     pub status_reason: Option<String>,
@@ -483,39 +483,6 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Whether an access token of `client_id` with id `jti` under `consent_id`
-    /// may be used now: client active, token not revoked, consent active,
-    /// unexpired and with budget left. One round trip.
-    pub async fn consent_token_usable(
-        &self,
-        client_id: &str,
-        jti: &str,
-        consent_id: &str,
-        now_unix: i64,
-    ) -> Result<bool> {
-        let row = sqlx::query(
-            "SELECT c.status AS client_status,
-                    (SELECT COUNT(*) FROM revoked_tokens WHERE jti = $2) AS revoked,
-                    (SELECT COUNT(*) FROM consents WHERE id = $3 AND client_id = $1 AND status = 'active'
-                        AND expires_at > $4 AND retrievals < max_retrievals) AS usable
-             FROM clients c WHERE c.client_id = $1",
-        )
-        .bind(client_id)
-        .bind(jti)
-        .bind(consent_id)
-        .bind(now_unix)
-        .fetch_optional(self.reader())
-        .await?;
-        Ok(match row {
-            Some(r) => {
-                col::<String>(&r, "client_status")? == "active"
-                    && col::<i64>(&r, "revoked")? == 0
-                    && col::<i64>(&r, "usable")? == 1
-            }
-            None => false,
-        })
-    }
-
     // ---- codes and refresh tokens -------------------------------------------
 
     /// Stores an authorization code.
@@ -604,11 +571,10 @@ impl Store {
     /// Spends one retrieval of a consent, in the group commit of its
     /// `license.retrieved` record: changes a row only while the consent is
     /// active, unexpired and has budget left, so concurrent reads never
-    /// overspend; the last one marks it used up.
+    /// overspend (used up is the counter at its maximum, not a stored state).
     pub fn spend_retrieval_statement(consent_id: &str, now_unix: i64, now: &str) -> Statement {
         Statement {
             sql: "UPDATE consents SET retrievals = retrievals + 1,
-                    status = CASE WHEN retrievals + 1 >= max_retrievals THEN 'used_up' ELSE status END,
                     updated_at = $3
                   WHERE id = $1 AND status = 'active' AND retrievals < max_retrievals AND expires_at > $2",
             binds: vec![
