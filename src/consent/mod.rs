@@ -206,8 +206,19 @@ pub async fn check_request(
         }
     }
     let (max_days, max_reads) = limits(services, client_id, terms).await?;
-    let refuse = |why: String| async {
-        let _ = services
+    let excess = match terms.duration_days {
+        Some(d) if d > max_days => Some(format!(
+            "duration_days {d} exceeds the use list's {max_days} for purpose {}",
+            terms.purpose
+        )),
+        _ if terms.max_retrievals > max_reads => Some(format!(
+            "max_retrievals {} exceeds the use list's {max_reads} for purpose {}",
+            terms.max_retrievals, terms.purpose
+        )),
+        _ => None,
+    };
+    if let Some(why) = excess {
+        services
             .audit
             .record(
                 AuditEvent::new(
@@ -219,24 +230,8 @@ pub async fn check_request(
                 .purpose(&terms.purpose)
                 .reason(format!("request refused: {why}")),
             )
-            .await;
-        Err(bad_details(why))
-    };
-    if let Some(d) = terms.duration_days {
-        if d > max_days {
-            return refuse(format!(
-                "duration_days {d} exceeds the use list's {max_days} for purpose {}",
-                terms.purpose
-            ))
-            .await;
-        }
-    }
-    if terms.max_retrievals > max_reads {
-        return refuse(format!(
-            "max_retrievals {} exceeds the use list's {max_reads} for purpose {}",
-            terms.max_retrievals, terms.purpose
-        ))
-        .await;
+            .await?;
+        return Err(bad_details(why));
     }
     Ok(())
 }

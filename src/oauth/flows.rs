@@ -375,75 +375,78 @@ pub async fn decide_redirect(
         .redirect_uri
         .clone()
         .ok_or_else(|| Error::internal("a pushed request without redirect_uri"))?;
-    let iss = services.config.public_url.clone();
-    let state = row.state.clone().unwrap_or_default();
-    let mut pairs: Vec<(&str, &str)> = Vec::new();
     let terms = consent::parse_details(&row.details).map_err(|e| Error::internal(e.description))?;
-    if !approve {
+    // What goes back to the entity: a code, or an error with its description.
+    let answer: Vec<(&str, String)> = if !approve {
         refused(services, &row, &terms, holder_id).await?;
-        pairs.push(("error", "access_denied"));
-        pairs.push(("error_description", "the holder refused"));
-        if !state.is_empty() {
-            pairs.push(("state", &state));
+        vec![
+            ("error", "access_denied".into()),
+            ("error_description", "the holder refused".into()),
+        ]
+    } else {
+        match consent::grant(
+            services,
+            holder_id,
+            &row.client_id,
+            &terms,
+            choice,
+            Flow::Redirect,
+        )
+        .await
+        {
+            Ok(c) => vec![(
+                "code",
+                issue_code(services, &row, &base, &c, now_unix).await?,
+            )],
+            Err(e) => vec![
+                ("error", e.code.as_str().into()),
+                ("error_description", e.description),
+            ],
         }
-        pairs.push(("iss", &iss));
-        return Ok(redirect_with(&base, &pairs));
+    };
+    let mut pairs: Vec<(&str, &str)> = answer.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    if let Some(state) = row.state.as_deref().filter(|s| !s.is_empty()) {
+        pairs.push(("state", state));
     }
-    match consent::grant(
-        services,
-        holder_id,
-        &row.client_id,
-        &terms,
-        choice,
-        Flow::Redirect,
+    pairs.push(("iss", &services.config.public_url));
+    Ok(redirect_with(&base, &pairs))
+}
+
+/// Stores a single-use code for a granted consent and audits `code.issued`.
+async fn issue_code(
+    services: &Services,
+    row: &AuthRequestRow,
+    redirect_uri: &str,
+    c: &crate::store::consent::ConsentRow,
+    now_unix: i64,
+) -> Result<String> {
+    let code = random_token(32)?;
+    services
+        .store
+        .insert_code(
+            &sha256(&code),
+            &CodeRow {
+                client_id: row.client_id.clone(),
+                redirect_uri: redirect_uri.to_owned(),
+                code_challenge: row.code_challenge.clone().unwrap_or_default(),
+                consent_id: c.id.clone(),
+                expires_at: now_unix + CODE_LIFETIME,
+                used_at: None,
+            },
+        )
+        .await?;
+    let mut e = AuditEvent::new(
+        ActorKind::Holder,
+        &c.holder_id,
+        "code.issued",
+        Outcome::Success,
     )
-    .await
-    {
-        Ok(c) => {
-            let code = random_token(32)?;
-            services
-                .store
-                .insert_code(
-                    &sha256(&code),
-                    &CodeRow {
-                        client_id: row.client_id.clone(),
-                        redirect_uri: base.clone(),
-                        code_challenge: row.code_challenge.clone().unwrap_or_default(),
-                        consent_id: c.id.clone(),
-                        expires_at: now_unix + CODE_LIFETIME,
-                        used_at: None,
-                    },
-                )
-                .await?;
-            let mut e = AuditEvent::new(
-                ActorKind::Holder,
-                holder_id,
-                "code.issued",
-                Outcome::Success,
-            )
-            .holder(holder_id)
-            .purpose(&c.purpose)
-            .reason(format!("entity={}", c.client_id));
-            e.consent = Some(c.id.clone());
-            services.audit.record(e).await?;
-            pairs.push(("code", &code));
-            if !state.is_empty() {
-                pairs.push(("state", &state));
-            }
-            pairs.push(("iss", &iss));
-            Ok(redirect_with(&base, &pairs))
-        }
-        Err(e) => {
-            let code = e.code.as_str();
-            pairs.push(("error", code));
-            pairs.push(("error_description", &e.description));
-            if !state.is_empty() {
-                pairs.push(("state", &state));
-            }
-            pairs.push(("iss", &iss));
-            Ok(redirect_with(&base, &pairs))
-        }
-    }
+    .holder(&c.holder_id)
+    .purpose(&c.purpose)
+    .reason(format!("entity={}", c.client_id));
+    e.consent = Some(c.id.clone());
+    services.audit.record(e).await?;
+    Ok(code)
 }
 
 async fn refused(

@@ -211,6 +211,13 @@ impl TokenGrant<'_> {
         ))
     }
 
+    /// The record of a replayed code (the consent is revoked with it).
+    fn replay_refusal(&self, consent_id: &str) -> AuditEvent {
+        self.refusal(&format!(
+            "authorization code replayed; consent {consent_id} revoked"
+        ))
+    }
+
     fn refusal(&self, why: &str) -> AuditEvent {
         AuditEvent::new(
             ActorKind::Entity,
@@ -244,14 +251,10 @@ impl TokenGrant<'_> {
             .ok_or_else(|| grant_error("the code is not valid"))?;
         let now_t = now();
         if row.used_at.is_some() {
-            self.refuse_audited(
-                None,
-                &format!(
-                    "authorization code replayed; consent {} revoked",
-                    row.consent_id
-                ),
-            )
-            .await?;
+            self.services
+                .audit
+                .record(self.replay_refusal(&row.consent_id))
+                .await?;
             return self.code_replayed(&row.consent_id).await;
         }
         // Checked before the code is spent, so that a wrong attempt by
@@ -294,13 +297,9 @@ impl TokenGrant<'_> {
         .holder(&c.holder_id)
         .purpose(&c.purpose);
         redeemed.consent = Some(c.id.clone());
-        let replay = self.refusal(&format!(
-            "authorization code replayed; consent {} revoked",
-            row.consent_id
-        ));
         let guard = Guarded {
             statements: vec![Store::use_code_statement(&digest, &timestamp(now_t))],
-            refused: vec![replay],
+            refused: vec![self.replay_refusal(&row.consent_id)],
         };
         match self
             .issue(

@@ -649,20 +649,11 @@ impl Store {
         .transpose()
     }
 
-    /// Stores a refresh token.
+    /// Stores a refresh token on its own (tokens issued by the token
+    /// endpoint store theirs in the group commit of their record).
     pub async fn insert_refresh(&self, digest: &[u8], r: &RefreshRow, now: &str) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO refresh_tokens (digest, consent_id, client_id, dpop_jkt, expires_at, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(digest)
-        .bind(&r.consent_id)
-        .bind(&r.client_id)
-        .bind(&r.dpop_jkt)
-        .bind(r.expires_at)
-        .bind(now)
-        .execute(self.writer())
-        .await?;
+        let mut conn = self.writer().acquire().await?;
+        Self::execute_in(&mut conn, &Self::insert_refresh_statement(digest, r, now)).await?;
         Ok(())
     }
 
