@@ -42,6 +42,8 @@ pub struct Services {
     pub metrics: Metrics,
     /// Keys derived from the master key (sealing, keyed digests, CSRF tokens).
     pub sealer: Arc<Sealer>,
+    /// Working days, for objection deadlines.
+    pub calendar: crate::calendar::WorkingCalendar,
 }
 
 /// Shared state of the HTTP handlers.
@@ -103,6 +105,10 @@ impl App {
                 &config.public_url,
             ),
             sealer,
+            calendar: crate::calendar::WorkingCalendar::parse(
+                &config.holidays,
+                &config.working_weekends,
+            )?,
             checkpoints: Checkpoints::new(store.clone(), keys.clone(), config.public_url.clone()),
             policies,
             audit,
@@ -178,6 +184,8 @@ impl App {
         let maintenance = tokio::spawn(maintenance(self.services.clone()));
         let indexer = tokio::spawn(audit_indexer(self.services.clone()));
         let hangups = tokio::spawn(reload_on_sighup(self.services.clone()));
+        let notifications = tokio::spawn(crate::notify::worker(self.services.clone()));
+        let reminders = tokio::spawn(crate::notify::daily(self.services.clone()));
         let served = axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
@@ -187,6 +195,8 @@ impl App {
         maintenance.abort();
         indexer.abort();
         hangups.abort();
+        notifications.abort();
+        reminders.abort();
         // Sign what the last requests appended, so the whole log is covered.
         if let Err(e) = self.services.checkpoints.create().await {
             tracing::warn!(error = %e, "final audit checkpoint failed");

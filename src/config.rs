@@ -71,6 +71,31 @@ pub struct Settings {
     /// Largest number of database connections [default: 16].
     #[arg(long, env = "LICENSEGATE_DB_MAX_CONNECTIONS", global = true)]
     pub db_max_connections: Option<u32>,
+    /// Public holidays (YYYY-MM-DD, comma-separated): not working days for objection deadlines.
+    #[arg(
+        long,
+        env = "LICENSEGATE_HOLIDAYS",
+        global = true,
+        value_delimiter = ','
+    )]
+    pub holidays: Option<Vec<String>>,
+    /// Saturdays or Sundays declared working days (调休), YYYY-MM-DD, comma-separated.
+    #[arg(
+        long,
+        env = "LICENSEGATE_WORKING_WEEKENDS",
+        global = true,
+        value_delimiter = ','
+    )]
+    pub working_weekends: Option<Vec<String>>,
+    /// Seconds between runs of the notification delivery worker [default: 5].
+    #[arg(long, env = "LICENSEGATE_NOTIFY_INTERVAL", global = true)]
+    pub notify_interval: Option<u64>,
+    /// Delivery attempts before a webhook delivery is dead [default: 8].
+    #[arg(long, env = "LICENSEGATE_WEBHOOK_MAX_ATTEMPTS", global = true)]
+    pub webhook_max_attempts: Option<u32>,
+    /// Seconds before the first retry of a failed webhook delivery; doubles each time, at most an hour [default: 30].
+    #[arg(long, env = "LICENSEGATE_WEBHOOK_RETRY_BASE", global = true)]
+    pub webhook_retry_base: Option<u64>,
 }
 
 /// The effective configuration.
@@ -106,6 +131,16 @@ pub struct Config {
     pub checkpoint_interval: u64,
     /// Directory of the Cedar schema and policies.
     pub policy_dir: PathBuf,
+    /// Public holidays (YYYY-MM-DD).
+    pub holidays: Vec<String>,
+    /// Make-up working days on weekends (YYYY-MM-DD).
+    pub working_weekends: Vec<String>,
+    /// Seconds between delivery worker runs.
+    pub notify_interval: u64,
+    /// Delivery attempts before a delivery is dead.
+    pub webhook_max_attempts: u32,
+    /// First retry delay in seconds.
+    pub webhook_retry_base: u64,
 }
 
 impl Config {
@@ -136,6 +171,12 @@ impl Config {
                 "public_url must be an http(s) URL, got {public_url:?}"
             )));
         }
+        let holidays = over.holidays.or(file.holidays).unwrap_or_default();
+        let working_weekends = over
+            .working_weekends
+            .or(file.working_weekends)
+            .unwrap_or_default();
+        crate::calendar::WorkingCalendar::parse(&holidays, &working_weekends)?;
         Ok(Config {
             listen,
             data_dir,
@@ -176,6 +217,23 @@ impl Config {
                 .or(file.db_max_connections)
                 .unwrap_or(16)
                 .max(2),
+            holidays,
+            working_weekends,
+            notify_interval: over
+                .notify_interval
+                .or(file.notify_interval)
+                .unwrap_or(5)
+                .clamp(1, 3600),
+            webhook_max_attempts: over
+                .webhook_max_attempts
+                .or(file.webhook_max_attempts)
+                .unwrap_or(8)
+                .clamp(1, 30),
+            webhook_retry_base: over
+                .webhook_retry_base
+                .or(file.webhook_retry_base)
+                .unwrap_or(30)
+                .min(3600),
         })
     }
 

@@ -13,6 +13,7 @@
 
 pub mod app;
 pub mod audit;
+pub mod calendar;
 pub mod config;
 pub mod consent;
 pub mod demo;
@@ -22,7 +23,9 @@ pub mod holders;
 pub mod http;
 pub mod keys;
 pub mod licenses;
+pub mod notify;
 pub mod oauth;
+pub mod objections;
 pub mod policy;
 pub mod store;
 pub mod telemetry;

@@ -228,10 +228,12 @@ async fn retrieval_serves_only_what_was_consented_and_proves_it() {
     assert_eq!(
         w.s.services
             .store
-            .notifications(&holder_id)
+            .notifications_of("holder", &holder_id)
             .await
             .unwrap()
-            .len(),
+            .iter()
+            .filter(|n| n.kind.starts_with("license."))
+            .count(),
         7
     );
     w.s.stop().await;

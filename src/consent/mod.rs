@@ -355,9 +355,18 @@ pub async fn grant(
     }
     let row = new_consent(holder_id, client_id, terms, &granted, flow)?;
     services.store.insert_consent(&row).await?;
+    // The receipt reaches the holder with the record (same commit).
     services
         .audit
-        .record(consent_event(&row, "consent.granted", &granted))
+        .record_guarded(
+            vec![consent_event(&row, "consent.granted", &granted)],
+            crate::audit::Guarded {
+                statements: vec![
+                    crate::notify::consent_statement(services, &row, "consent.granted").await?,
+                ],
+                refused: Vec::new(),
+            },
+        )
         .await?;
     Ok(row)
 }
@@ -527,7 +536,22 @@ pub async fn revoke(
             .purpose(&c.purpose)
             .reason(format!("entity={} {reason}", c.client_id));
         e.consent = Some(c.id.clone());
-        services.audit.record(e).await?;
+        let mut revoked = c.clone();
+        revoked.status = "revoked".into();
+        revoked.status_reason = Some(reason.to_owned());
+        services
+            .audit
+            .record_guarded(
+                vec![e],
+                crate::audit::Guarded {
+                    statements: vec![
+                        crate::notify::consent_statement(services, &revoked, "consent.revoked")
+                            .await?,
+                    ],
+                    refused: Vec::new(),
+                },
+            )
+            .await?;
     }
     services
         .store

@@ -44,7 +44,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(access_history))
 }
 
-type Slot = Option<axum::Extension<ActorSlot>>;
+pub(crate) type Slot = Option<axum::Extension<ActorSlot>>;
 
 /// Pushed authorization request (RFC 9126).
 ///
@@ -115,9 +115,32 @@ async fn bc_authorize(
 }
 
 /// The logged-in holder of a request, from the session cookie.
-struct Session {
-    holder_id: String,
-    id: String,
+pub(crate) struct Session {
+    pub(crate) holder_id: String,
+    pub(crate) id: String,
+}
+
+/// The holder of a JSON API call: a live session, and for changes the
+/// `x-csrf-token` header matching it.
+pub(crate) async fn api_session(
+    state: &AppState,
+    headers: &HeaderMap,
+    slot: &Slot,
+    change: bool,
+) -> Result<Session> {
+    let s = session(state, headers, slot)
+        .await?
+        .ok_or_else(|| Error::Unauthorized("log in first".into()))?;
+    if change {
+        let token = headers
+            .get("x-csrf-token")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if !csrf_ok(&state.sealer, &s.id, token) {
+            return Err(Error::Forbidden("x-csrf-token is missing or wrong".into()));
+        }
+    }
+    Ok(s)
 }
 
 async fn session(state: &AppState, headers: &HeaderMap, slot: &Slot) -> Result<Option<Session>> {
@@ -853,9 +876,7 @@ async fn my_consents(
     slot: Slot,
     headers: HeaderMap,
 ) -> Result<Json<Vec<ConsentWithReceipt>>> {
-    let s = session(&state, &headers, &slot)
-        .await?
-        .ok_or_else(|| Error::Unauthorized("log in first".into()))?;
+    let s = api_session(&state, &headers, &slot, false).await?;
     let rows = state.store.holder_consents(&s.holder_id).await?;
     let mut out = Vec::with_capacity(rows.len());
     for c in &rows {
@@ -885,16 +906,7 @@ async fn revoke_api(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<ConsentView>> {
-    let s = session(&state, &headers, &slot)
-        .await?
-        .ok_or_else(|| Error::Unauthorized("log in first".into()))?;
-    let token = headers
-        .get("x-csrf-token")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if !csrf_ok(&state.sealer, &s.id, token) {
-        return Err(Error::Forbidden("x-csrf-token is missing or wrong".into()));
-    }
+    let s = api_session(&state, &headers, &slot, true).await?;
     let c = crate::consent::revoke(
         &state,
         &id,
@@ -943,9 +955,7 @@ async fn access_history(
     slot: Slot,
     headers: HeaderMap,
 ) -> Result<Json<Vec<AccessEntry>>> {
-    let s = session(&state, &headers, &slot)
-        .await?
-        .ok_or_else(|| Error::Unauthorized("log in first".into()))?;
+    let s = api_session(&state, &headers, &slot, false).await?;
     let records = state
         .store
         .audit_records(

@@ -10,7 +10,9 @@ pub mod context;
 pub mod entities;
 pub mod grants;
 pub mod issuer;
+pub mod notify;
 pub mod oauth;
+pub mod objections;
 pub mod ops;
 
 use std::time::Duration;
@@ -89,6 +91,8 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(ops::router())
         .merge(audit::router())
         .merge(entities::router())
+        .merge(objections::router())
+        .merge(notify::router())
         .split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     // Every app in a process builds the same document; the first one is kept.

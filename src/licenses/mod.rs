@@ -283,7 +283,7 @@ pub struct IssuerActor {
 
 impl IssuerActor {
     /// An audit event by this issuing unit's client.
-    fn event(&self, action: &str, outcome: Outcome) -> AuditEvent {
+    pub fn event(&self, action: &str, outcome: Outcome) -> AuditEvent {
         AuditEvent::new(ActorKind::Issuer, self.client_id.clone(), action, outcome)
     }
 }

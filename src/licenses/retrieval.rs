@@ -297,6 +297,7 @@ pub async fn retrieve(
                     Store::spend_retrieval_statement(&a.consent.id, t.unix_timestamp(), &at),
                     Store::notification_statement(
                         &format!("ntf_{}", random_token(12)?),
+                        "holder",
                         &a.consent.holder_id,
                         "license.retrieved",
                         &notice.to_string(),
@@ -481,6 +482,7 @@ pub async fn verify(
             Guarded {
                 statements: vec![Store::notification_statement(
                     &format!("ntf_{}", random_token(12)?),
+                    "holder",
                     &a.consent.holder_id,
                     "license.verified",
                     &notice.to_string(),

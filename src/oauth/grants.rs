@@ -483,8 +483,21 @@ impl TokenGrant<'_> {
             .min(now_t.unix_timestamp() + super::flows::SHOW_CODE_LIFETIME);
         self.services.store.insert_consent(&c).await?;
         let granted_event = consent::consent_event(&c, "consent.granted", &granted);
-        self.issue(&c, jkt, false, "show_code", vec![granted_event], None)
-            .await?
-            .ok_or_else(|| Error::internal("an unguarded issue was refused").into())
+        let receipt =
+            crate::notify::consent_statement(self.services, &c, "consent.granted").await?;
+        let guard = Guarded {
+            statements: vec![receipt],
+            refused: Vec::new(),
+        };
+        self.issue(
+            &c,
+            jkt,
+            false,
+            "show_code",
+            vec![granted_event],
+            Some(guard),
+        )
+        .await?
+        .ok_or_else(|| Error::internal("an unguarded issue was refused").into())
     }
 }

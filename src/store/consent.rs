@@ -152,7 +152,7 @@ fn request_from_row(r: &AnyRow) -> Result<AuthRequestRow> {
     })
 }
 
-fn consent_from_row(r: &AnyRow) -> Result<ConsentRow> {
+pub(crate) fn consent_from_row(r: &AnyRow) -> Result<ConsentRow> {
     Ok(ConsentRow {
         id: col(r, "id")?,
         holder_id: col(r, "holder_id")?,
@@ -583,41 +583,6 @@ impl Store {
                 Bind::Text(now.to_owned()),
             ],
         }
-    }
-
-    /// Queues a notification for a holder (outbox), in the group commit of
-    /// the record it tells about.
-    pub fn notification_statement(
-        id: &str,
-        holder_id: &str,
-        kind: &str,
-        payload: &str,
-        now: &str,
-    ) -> Statement {
-        Statement {
-            sql: "INSERT INTO notifications (id, holder_id, kind, payload, status, attempts, created_at)
-                  VALUES ($1, $2, $3, $4, 'queued', 0, $5)",
-            binds: vec![
-                Bind::Text(id.to_owned()),
-                Bind::Text(holder_id.to_owned()),
-                Bind::Text(kind.to_owned()),
-                Bind::Text(payload.to_owned()),
-                Bind::Text(now.to_owned()),
-            ],
-        }
-    }
-
-    /// A holder's queued notifications (newest first).
-    pub async fn notifications(&self, holder_id: &str) -> Result<Vec<(String, String, String)>> {
-        sqlx::query(
-            "SELECT kind, payload, status FROM notifications WHERE holder_id = $1 ORDER BY created_at DESC, id LIMIT 200",
-        )
-        .bind(holder_id)
-        .fetch_all(self.reader())
-        .await?
-        .iter()
-        .map(|r| Ok((col(r, "kind")?, col(r, "payload")?, col(r, "status")?)))
-        .collect()
     }
 
     /// What a resource call needs about its token, in one round trip: the

@@ -94,7 +94,7 @@ pub struct LicenseFilter<'a> {
     pub limit: i64,
 }
 
-fn license_from_row(row: &AnyRow) -> Result<LicenseRow> {
+pub(crate) fn license_from_row(row: &AnyRow) -> Result<LicenseRow> {
     Ok(LicenseRow {
         id: col(row, "id")?,
         license_type: col(row, "license_type")?,

@@ -17,6 +17,8 @@ pub mod clients;
 pub mod consent;
 pub mod entities;
 pub mod licenses;
+pub mod notify;
+pub mod objections;
 
 use std::time::Duration;
 

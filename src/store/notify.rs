@@ -1,0 +1,434 @@
+//! SQL for notifications: the outbox, holders' preferences, webhook
+//! endpoints and deliveries, and what the daily reminder job looks for.
+
+use sqlx::any::AnyRow;
+
+use super::consent::{consent_from_row, ConsentRow};
+use super::licenses::{license_from_row, LicenseRow};
+use super::{col, Bind, Statement, Store};
+use crate::error::Result;
+
+/// A notification as stored.
+#[derive(Debug, Clone)]
+pub struct NotificationRow {
+    /// Id (also the `webhook-id` of its deliveries).
+    pub id: String,
+    /// holder or entity.
+    pub recipient_kind: String,
+    /// Holder id or client id.
+    pub recipient_id: String,
+    /// Kind (license.read, consent.granted, license.expiring…).
+    pub kind: String,
+    /// JSON payload.
+    pub payload: String,
+    /// queued, dispatched or suppressed.
+    pub status: String,
+    /// Queued at.
+    pub created_at: String,
+}
+
+fn notification(r: &AnyRow) -> Result<NotificationRow> {
+    Ok(NotificationRow {
+        id: col(r, "id")?,
+        recipient_kind: col(r, "recipient_kind")?,
+        recipient_id: col(r, "recipient_id")?,
+        kind: col(r, "kind")?,
+        payload: col(r, "payload")?,
+        status: col(r, "status")?,
+        created_at: col(r, "created_at")?,
+    })
+}
+
+/// A webhook endpoint.
+#[derive(Debug, Clone)]
+pub struct EndpointRow {
+    /// Id.
+    pub id: String,
+    /// Where deliveries are POSTed.
+    pub url: String,
+    /// holder, entity or all.
+    pub recipients: String,
+    /// JSON array of kinds; empty for all.
+    pub kinds: String,
+    /// The signing secret, sealed.
+    pub secret: Vec<u8>,
+    /// Whether it receives deliveries.
+    pub active: bool,
+    /// Registered at.
+    pub created_at: String,
+}
+
+fn endpoint(r: &AnyRow) -> Result<EndpointRow> {
+    Ok(EndpointRow {
+        id: col(r, "id")?,
+        url: col(r, "url")?,
+        recipients: col(r, "recipients")?,
+        kinds: col(r, "kinds")?,
+        secret: col(r, "secret")?,
+        active: col::<i64>(r, "active")? != 0,
+        created_at: col(r, "created_at")?,
+    })
+}
+
+/// A delivery with what sending it needs.
+#[derive(Debug, Clone)]
+pub struct DeliveryRow {
+    /// Id.
+    pub id: String,
+    /// pending, delivered or dead.
+    pub status: String,
+    /// Attempts made.
+    pub attempts: i64,
+    /// Next attempt (unix seconds).
+    pub next_attempt_at: i64,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When it was delivered.
+    pub delivered_at: Option<String>,
+    /// The notification.
+    pub notification: NotificationRow,
+    /// The endpoint's id.
+    pub endpoint_id: String,
+    /// The endpoint's URL.
+    pub url: String,
+    /// The endpoint's sealed secret.
+    pub secret: Vec<u8>,
+}
+
+const DELIVERY_SELECT: &str = "SELECT d.id AS d_id, d.status AS d_status, d.attempts, d.next_attempt_at, d.last_error, d.delivered_at,
+        n.id, n.recipient_kind, n.recipient_id, n.kind, n.payload, n.status, n.created_at,
+        e.id AS e_id, e.url, e.secret
+     FROM deliveries d JOIN notifications n ON n.id = d.notification_id JOIN webhook_endpoints e ON e.id = d.endpoint_id";
+
+fn delivery(r: &AnyRow) -> Result<DeliveryRow> {
+    Ok(DeliveryRow {
+        id: col(r, "d_id")?,
+        status: col(r, "d_status")?,
+        attempts: col(r, "attempts")?,
+        next_attempt_at: col(r, "next_attempt_at")?,
+        last_error: col(r, "last_error")?,
+        delivered_at: col(r, "delivered_at")?,
+        notification: notification(r)?,
+        endpoint_id: col(r, "e_id")?,
+        url: col(r, "url")?,
+        secret: col(r, "secret")?,
+    })
+}
+
+impl Store {
+    /// Queues a notification (outbox), in the commit of the record it tells about.
+    pub fn notification_statement(
+        id: &str,
+        recipient_kind: &str,
+        recipient_id: &str,
+        kind: &str,
+        payload: &str,
+        now: &str,
+    ) -> Statement {
+        Statement {
+            sql: "INSERT INTO notifications (id, recipient_kind, recipient_id, kind, payload, status, dedupe_key, created_at)
+                  VALUES ($1, $2, $3, $4, $5, 'queued', NULL, $6)",
+            binds: vec![
+                Bind::Text(id.to_owned()),
+                Bind::Text(recipient_kind.to_owned()),
+                Bind::Text(recipient_id.to_owned()),
+                Bind::Text(kind.to_owned()),
+                Bind::Text(payload.to_owned()),
+                Bind::Text(now.to_owned()),
+            ],
+        }
+    }
+
+    /// Queues a scheduled notification unless one with `dedupe_key` exists;
+    /// true when it was queued now.
+    pub async fn queue_once(&self, n: &NotificationRow, dedupe_key: &str) -> Result<bool> {
+        Ok(sqlx::query(
+            "INSERT INTO notifications (id, recipient_kind, recipient_id, kind, payload, status, dedupe_key, created_at)
+             VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7) ON CONFLICT (dedupe_key) DO NOTHING",
+        )
+        .bind(&n.id)
+        .bind(&n.recipient_kind)
+        .bind(&n.recipient_id)
+        .bind(&n.kind)
+        .bind(&n.payload)
+        .bind(dedupe_key)
+        .bind(&n.created_at)
+        .execute(self.writer())
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    /// A recipient's notifications, newest first (at most 200).
+    pub async fn notifications_of(
+        &self,
+        recipient_kind: &str,
+        recipient_id: &str,
+    ) -> Result<Vec<NotificationRow>> {
+        sqlx::query(
+            "SELECT * FROM notifications WHERE recipient_kind = $1 AND recipient_id = $2
+             ORDER BY created_at DESC, id LIMIT 200",
+        )
+        .bind(recipient_kind)
+        .bind(recipient_id)
+        .fetch_all(self.reader())
+        .await?
+        .iter()
+        .map(notification)
+        .collect()
+    }
+
+    /// Queued notifications, oldest first.
+    pub async fn queued_notifications(&self, limit: i64) -> Result<Vec<NotificationRow>> {
+        sqlx::query(
+            "SELECT * FROM notifications WHERE status = 'queued' ORDER BY created_at, id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(self.reader())
+        .await?
+        .iter()
+        .map(notification)
+        .collect()
+    }
+
+    /// Moves a queued notification on (`dispatched` with one delivery per
+    /// endpoint, or `suppressed`), once: false when another worker did.
+    pub async fn dispatch(
+        &self,
+        notification_id: &str,
+        status: &str,
+        endpoint_ids: &[String],
+        ids: &[String],
+        now_unix: i64,
+        now: &str,
+    ) -> Result<bool> {
+        let mut tx = self.writer().begin().await?;
+        let moved =
+            sqlx::query("UPDATE notifications SET status = $2 WHERE id = $1 AND status = 'queued'")
+                .bind(notification_id)
+                .bind(status)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        if moved == 0 {
+            return Ok(false);
+        }
+        for (endpoint_id, id) in endpoint_ids.iter().zip(ids) {
+            sqlx::query(
+                "INSERT INTO deliveries (id, notification_id, endpoint_id, status, attempts, next_attempt_at, lease_until, last_error, delivered_at, created_at)
+                 VALUES ($1, $2, $3, 'pending', 0, $4, 0, NULL, NULL, $5)",
+            )
+            .bind(id)
+            .bind(notification_id)
+            .bind(endpoint_id)
+            .bind(now_unix)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Kinds a holder turned off.
+    pub async fn disabled_kinds(&self, holder_id: &str) -> Result<Vec<String>> {
+        sqlx::query(
+            "SELECT kind FROM notification_preferences WHERE holder_id = $1 AND enabled = 0 ORDER BY kind",
+        )
+        .bind(holder_id)
+        .fetch_all(self.reader())
+        .await?
+        .iter()
+        .map(|r| col(r, "kind"))
+        .collect()
+    }
+
+    /// Turns a kind on or off for a holder.
+    pub async fn set_preference(&self, holder_id: &str, kind: &str, enabled: bool) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO notification_preferences (holder_id, kind, enabled) VALUES ($1, $2, $3)
+             ON CONFLICT (holder_id, kind) DO UPDATE SET enabled = excluded.enabled",
+        )
+        .bind(holder_id)
+        .bind(kind)
+        .bind(i64::from(enabled))
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// Registers a webhook endpoint.
+    pub async fn insert_endpoint(&self, e: &EndpointRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO webhook_endpoints (id, url, recipients, kinds, secret, active, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&e.id)
+        .bind(&e.url)
+        .bind(&e.recipients)
+        .bind(&e.kinds)
+        .bind(e.secret.clone())
+        .bind(i64::from(e.active))
+        .bind(&e.created_at)
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// Every webhook endpoint, oldest first.
+    pub async fn endpoints(&self) -> Result<Vec<EndpointRow>> {
+        sqlx::query("SELECT * FROM webhook_endpoints ORDER BY created_at, id")
+            .fetch_all(self.reader())
+            .await?
+            .iter()
+            .map(endpoint)
+            .collect()
+    }
+
+    /// Turns an endpoint on or off; false when there is none with this id.
+    pub async fn set_endpoint_active(&self, id: &str, active: bool) -> Result<bool> {
+        Ok(
+            sqlx::query("UPDATE webhook_endpoints SET active = $2 WHERE id = $1")
+                .bind(id)
+                .bind(i64::from(active))
+                .execute(self.writer())
+                .await?
+                .rows_affected()
+                == 1,
+        )
+    }
+
+    /// Takes up to `limit` due deliveries for `lease` seconds (another
+    /// worker skips them meanwhile).
+    pub async fn claim_deliveries(
+        &self,
+        now_unix: i64,
+        lease: i64,
+        limit: i64,
+    ) -> Result<Vec<DeliveryRow>> {
+        let due = sqlx::query(&format!(
+            "{DELIVERY_SELECT} WHERE d.status = 'pending' AND d.next_attempt_at <= $1 AND d.lease_until <= $1
+             ORDER BY d.next_attempt_at, d.id LIMIT $2"
+        ))
+        .bind(now_unix)
+        .bind(limit)
+        .fetch_all(self.reader())
+        .await?;
+        let mut claimed = Vec::with_capacity(due.len());
+        for r in &due {
+            let d = delivery(r)?;
+            let taken = sqlx::query(
+                "UPDATE deliveries SET lease_until = $2 WHERE id = $1 AND status = 'pending' AND lease_until <= $3",
+            )
+            .bind(&d.id)
+            .bind(now_unix + lease)
+            .bind(now_unix)
+            .execute(self.writer())
+            .await?
+            .rows_affected();
+            if taken == 1 {
+                claimed.push(d);
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Records a successful attempt.
+    pub async fn delivered(&self, id: &str, now: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, delivered_at = $2, last_error = NULL, lease_until = 0
+             WHERE id = $1 AND status = 'pending'",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// Records a failed attempt: retried at `next_attempt_at`, or dead.
+    pub async fn delivery_failed(
+        &self,
+        id: &str,
+        error: &str,
+        next_attempt_at: i64,
+        dead: bool,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE deliveries SET status = $2, attempts = attempts + 1, next_attempt_at = $3, last_error = $4, lease_until = 0
+             WHERE id = $1 AND status = 'pending'",
+        )
+        .bind(id)
+        .bind(if dead { "dead" } else { "pending" })
+        .bind(next_attempt_at)
+        .bind(error)
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// Deliveries in a status, newest first (at most 500).
+    pub async fn deliveries(&self, status: Option<&str>) -> Result<Vec<DeliveryRow>> {
+        sqlx::query(&format!(
+            "{DELIVERY_SELECT} WHERE ($1 IS NULL OR d.status = $1) ORDER BY d.created_at DESC, d.id LIMIT 500"
+        ))
+        .bind(status)
+        .fetch_all(self.reader())
+        .await?
+        .iter()
+        .map(delivery)
+        .collect()
+    }
+
+    /// Puts a dead delivery back in the queue (operator); false when it is not dead.
+    pub async fn retry_delivery(&self, id: &str, now_unix: i64) -> Result<bool> {
+        Ok(sqlx::query(
+            "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $2, lease_until = 0
+             WHERE id = $1 AND status = 'dead'",
+        )
+        .bind(id)
+        .bind(now_unix)
+        .execute(self.writer())
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    /// Valid licenses whose validity ends between `from` and `to` (dates, inclusive).
+    pub async fn licenses_ending(&self, from: &str, to: &str) -> Result<Vec<LicenseRow>> {
+        sqlx::query(
+            "SELECT * FROM licenses WHERE status = 'valid' AND valid_until IS NOT NULL
+               AND valid_until >= $1 AND valid_until <= $2 ORDER BY valid_until, id",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch_all(self.reader())
+        .await?
+        .iter()
+        .map(license_from_row)
+        .collect()
+    }
+
+    /// Active consents that expired after `since` and by `now` (unix seconds),
+    /// or that are still running and were created before `created_before`.
+    pub async fn consents_to_remind(
+        &self,
+        since: i64,
+        now_unix: i64,
+        created_before: &str,
+    ) -> Result<Vec<ConsentRow>> {
+        sqlx::query(
+            "SELECT * FROM consents WHERE status = 'active'
+               AND ((expires_at > $1 AND expires_at <= $2) OR (expires_at > $2 AND created_at < $3))
+             ORDER BY created_at, id",
+        )
+        .bind(since)
+        .bind(now_unix)
+        .bind(created_before)
+        .fetch_all(self.reader())
+        .await?
+        .iter()
+        .map(consent_from_row)
+        .collect()
+    }
+}
