@@ -183,7 +183,7 @@ async fn require_session(
 
 /// A holder page: the session (or a redirect to login), the language, and
 /// errors rendered as pages.
-async fn holder_page<F, Fut>(
+pub(crate) async fn holder_page<F, Fut>(
     state: &AppState,
     slot: &Slot,
     headers: &HeaderMap,
@@ -207,7 +207,7 @@ where
 }
 
 /// A holder's form post: a live session and its CSRF token are required.
-async fn holder_form<F, Fut>(
+pub(crate) async fn holder_form<F, Fut>(
     state: &AppState,
     slot: &Slot,
     headers: &HeaderMap,
@@ -603,9 +603,9 @@ async fn decision(
 
 /// Language parameter of the holder pages.
 #[derive(Deserialize, IntoParams)]
-struct LangQuery {
+pub(crate) struct LangQuery {
     /// zh (default) or en.
-    lang: Option<String>,
+    pub(crate) lang: Option<String>,
 }
 
 /// The holder's pending backchannel requests, to approve or refuse.
@@ -764,7 +764,7 @@ async fn show(
             Ok(Page::new(
                 lang,
                 lang.t("亮证授权码", "Your code"),
-                pages::shown(lang, &shown),
+                pages::shown(lang, &shown, &csrf_token(&state.sealer, &s.id)),
             )
             .into_response())
         },
@@ -920,25 +920,25 @@ async fn revoke_api(
 
 /// One read of the holder's licenses, as the holder sees it.
 #[derive(serde::Serialize, utoipa::ToSchema)]
-struct AccessEntry {
+pub(crate) struct AccessEntry {
     /// When (RFC 3339).
-    time: String,
+    pub(crate) time: String,
     /// license.retrieved or license.verified.
-    action: String,
+    pub(crate) action: String,
     /// The entity.
-    entity: String,
+    pub(crate) entity: String,
     /// The license.
-    license: Option<String>,
+    pub(crate) license: Option<String>,
     /// Its type.
-    license_type: Option<String>,
+    pub(crate) license_type: Option<String>,
     /// Purpose.
-    purpose: Option<String>,
+    pub(crate) purpose: Option<String>,
     /// The consent it was read under.
-    consent: Option<String>,
+    pub(crate) consent: Option<String>,
     /// Which fields (and, for verifications, the verdict).
-    detail: Option<String>,
+    pub(crate) detail: Option<String>,
     /// Audit sequence number.
-    seq: i64,
+    pub(crate) seq: i64,
 }
 
 /// Who read the holder's licenses: every retrieval and verification, newest
@@ -956,11 +956,17 @@ async fn access_history(
     headers: HeaderMap,
 ) -> Result<Json<Vec<AccessEntry>>> {
     let s = api_session(&state, &headers, &slot, false).await?;
+    Ok(Json(access_entries(&state, &s.holder_id).await?))
+}
+
+/// Every retrieval and verification of a holder's licenses, newest first
+/// (the last 1000 records about the holder).
+pub(crate) async fn access_entries(state: &AppState, holder_id: &str) -> Result<Vec<AccessEntry>> {
     let records = state
         .store
         .audit_records(
             &crate::store::audit::AuditFilter {
-                holder: Some(s.holder_id.clone()),
+                holder: Some(holder_id.to_owned()),
                 ..Default::default()
             },
             1000,
@@ -982,5 +988,5 @@ async fn access_history(
         })
         .collect();
     out.reverse();
-    Ok(Json(out))
+    Ok(out)
 }

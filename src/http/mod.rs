@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod context;
 pub mod entities;
 pub mod grants;
+pub mod holder_pages;
 pub mod issuer;
 pub mod notify;
 pub mod oauth;
@@ -93,6 +94,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(entities::router())
         .merge(objections::router())
         .merge(notify::router())
+        .merge(holder_pages::router())
         .split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     // Every app in a process builds the same document; the first one is kept.

@@ -242,18 +242,8 @@ pub fn requests_page(
             buttons = decision_buttons(lang, approvable),
         ));
     }
-    h.push_str(&nav(lang));
+    h.push_str(&super::holder::nav(lang, csrf));
     h
-}
-
-/// Links between the holder pages.
-pub fn nav(lang: Lang) -> String {
-    format!(
-        "<p><a href=\"/holder/consents\">{}</a> · <a href=\"/holder/requests\">{}</a> · <a href=\"/holder/show\">{}</a></p>",
-        lang.t("我的授权", "My consents"),
-        lang.t("待处理请求", "Pending requests"),
-        lang.t("亮证", "Show a license"),
-    )
 }
 
 /// The holder's consents with a revoke button each.
@@ -290,7 +280,7 @@ pub fn consents_page(lang: Lang, consents: &[ConsentView], csrf: &str) -> String
         ));
     }
     h.push_str("</table>");
-    h.push_str(&nav(lang));
+    h.push_str(&super::holder::nav(lang, csrf));
     h
 }
 
@@ -324,14 +314,23 @@ pub fn show_form(lang: Lang, licenses: &[(String, LicenseType)], csrf: &str) -> 
             lang.t("生成授权码", "Get a code")
         ));
     }
-    h.push_str(&nav(lang));
+    h.push_str(&super::holder::nav(lang, csrf));
     h
 }
 
-/// The code just made for showing a license.
-pub fn shown(lang: Lang, s: &crate::oauth::flows::ShownLicense) -> String {
+/// The code just made for showing a license, with its QR code.
+pub fn shown(lang: Lang, s: &crate::oauth::flows::ShownLicense, csrf: &str) -> String {
+    let qr = super::holder::qr_data_uri(&s.qr_payload)
+        .map(|uri| {
+            format!(
+                "<p><img id=\"qr\" src=\"{}\" width=\"220\" height=\"220\" alt=\"{}\"></p>",
+                esc(&uri),
+                lang.t("亮证二维码", "QR code of the license")
+            )
+        })
+        .unwrap_or_default();
     format!(
-        "<h1>{}</h1><div class=\"card\"><p>{}</p><p><code id=\"show-code\">{}</code></p>\
+        "<h1>{}</h1><div class=\"card\"><p>{}</p>{qr}<p><code id=\"show-code\">{}</code></p>\
          <p>{}: <code id=\"qr-payload\">{}</code></p><p>{} {}</p></div>{}",
         lang.t("亮证授权码", "Your code"),
         lang.t("请向工作人员出示：", "Show this to the staff:"),
@@ -340,6 +339,6 @@ pub fn shown(lang: Lang, s: &crate::oauth::flows::ShownLicense) -> String {
         esc(&s.qr_payload),
         lang.t("有效期至", "Valid until"),
         esc(&s.expires_at),
-        nav(lang)
+        super::holder::nav(lang, csrf)
     )
 }
