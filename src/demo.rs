@@ -46,6 +46,17 @@ pub struct DemoCredentials {
     pub clients: Vec<DemoClient>,
     /// Holders with accounts (log in at /login with identifier and password).
     pub holders: Vec<DemoHolder>,
+    /// A regulator's console account (log in at /console/login).
+    pub regulator: DemoRegulator,
+}
+
+/// The demo regulator's console account.
+#[derive(Debug, Serialize)]
+pub struct DemoRegulator {
+    /// Login name.
+    pub username: String,
+    /// Password.
+    pub password: String,
 }
 
 /// A demo holder account.
@@ -710,11 +721,23 @@ pub async fn load(services: &Services) -> Result<()> {
             password,
         });
     }
+    let regulator = DemoRegulator {
+        username: "regulator".into(),
+        password: crate::keys::random_token(12)?,
+    };
+    crate::console::set_account(
+        services,
+        &regulator.username,
+        "市大数据中心监管员",
+        &regulator.password,
+    )
+    .await?;
     let creds = DemoCredentials {
         token_endpoint: format!("{base}/token"),
         base_url: base.clone(),
         clients,
         holders,
+        regulator,
     };
     let text = serde_json::to_string_pretty(&creds).map_err(Error::internal)?;
     let _ = std::fs::remove_file(&path);
@@ -728,6 +751,7 @@ pub async fn load(services: &Services) -> Result<()> {
          curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/issuer/v1/licenses?limit=3'\n  \
          curl -s {base}/catalog/v1/license-types\n  \
          open {base}/login   (holder accounts are in the credentials file)\n  \
+         open {base}/console/login   (the regulator's account is in the credentials file)\n  \
          open {base}/openapi.json",
         units.len(),
         path.display(),

@@ -98,6 +98,29 @@ pub async fn set_password(services: &Services, identifier: &str, password: &str)
     Ok(holder_id)
 }
 
+/// Checks a password against an account's argon2id hash on the blocking
+/// pool; without an account, against a decoy hash (same cost) and false.
+pub async fn check_password(phc: Option<String>, password: &str) -> Result<bool> {
+    let known = phc.is_some();
+    let phc = phc
+        .or_else(|| DECOY.clone())
+        .ok_or_else(|| Error::internal("cannot prepare the password check"))?;
+    let pw = password.to_owned();
+    Ok(on_blocking_pool(move || verify_blocking(&pw, &phc)).await? && known)
+}
+
+/// Until when an account is locked after `failures` consecutive failures
+/// (0: not locked).
+pub fn lock_until(failures: i64, now_unix: i64) -> i64 {
+    if failures < MAX_FAILURES {
+        return 0;
+    }
+    let exp = u32::try_from(failures - MAX_FAILURES)
+        .unwrap_or(u32::MAX)
+        .min(16);
+    now_unix + (FIRST_LOCK_SECONDS << exp).min(MAX_LOCK_SECONDS)
+}
+
 /// Why a login failed (shown to the person trying).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoginFailure {
@@ -142,13 +165,7 @@ pub async fn login(
             return Ok(Err(LoginFailure::Locked(a.locked_until - now_unix)));
         }
     }
-    let phc = account
-        .as_ref()
-        .map(|a| a.password_hash.clone())
-        .or_else(|| DECOY.clone())
-        .ok_or_else(|| Error::internal("cannot prepare the password check"))?;
-    let pw = password.to_owned();
-    let ok = on_blocking_pool(move || verify_blocking(&pw, &phc)).await? && account.is_some();
+    let ok = check_password(account.as_ref().map(|a| a.password_hash.clone()), password).await?;
     match (holder, account) {
         (Some((id, _)), Some(a)) if ok => {
             if a.failed_logins != 0 {
@@ -171,14 +188,7 @@ pub async fn login(
         }
         (Some((id, _)), Some(a)) => {
             let failures = a.failed_logins + 1;
-            let locked_until = if failures >= MAX_FAILURES {
-                let exp = u32::try_from(failures - MAX_FAILURES)
-                    .unwrap_or(u32::MAX)
-                    .min(16);
-                now_unix + (FIRST_LOCK_SECONDS << exp).min(MAX_LOCK_SECONDS)
-            } else {
-                0
-            };
+            let locked_until = lock_until(failures, now_unix);
             services
                 .store
                 .record_login_failure(&id, locked_until)

@@ -16,6 +16,7 @@ pub mod audit;
 pub mod calendar;
 pub mod config;
 pub mod consent;
+pub mod console;
 pub mod demo;
 pub mod entities;
 pub mod error;

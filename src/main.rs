@@ -365,19 +365,13 @@ async fn audit_command(app: &App, command: AuditCommand) -> licensegate::Result<
                     )))
                 }
             };
-            let (filter, header, checkpoints) =
-                export::prepare(services, Default::default(), true, format).await?;
+            let prepared = export::prepare(services, Default::default(), true, format).await?;
             let file = std::fs::File::create(&out).map_err(|e| {
                 licensegate::Error::BadRequest(format!("cannot create {}: {e}", out.display()))
             })?;
             let mut writer = std::io::BufWriter::new(file);
-            let mut stream = std::pin::pin!(export::stream(
-                services.store.clone(),
-                filter,
-                format,
-                header,
-                checkpoints
-            ));
+            let mut stream =
+                std::pin::pin!(export::stream(services.store.clone(), format, prepared));
             while let Some(chunk) = stream.next().await {
                 writer
                     .write_all(&chunk?)

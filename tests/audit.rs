@@ -761,6 +761,44 @@ async fn export_verifies_offline_and_tampering_is_named() {
             .count(),
         30
     );
+    // ... and each record carries an inclusion proof: it verifies offline,
+    // and a changed record in it is named.
+    assert_eq!(
+        filtered
+            .lines()
+            .filter(|l| l.contains("\"type\":\"inclusion\""))
+            .count(),
+        30
+    );
+    let (ok, r) = verify(filtered.clone());
+    assert!(ok, "{r}");
+    assert_eq!(r["records"], 30);
+    let mut lines: Vec<String> = filtered.lines().map(str::to_owned).collect();
+    let i = lines
+        .iter()
+        .rposition(|l| l.contains("\"type\":\"record\""))
+        .unwrap();
+    let mut rec: Value = serde_json::from_str(&lines[i]).unwrap();
+    rec["purpose"] = json!("something else");
+    lines[i] = rec.to_string();
+    let (ok, r) = verify(lines.join("\n"));
+    assert!(!ok);
+    assert!(r["failure"].as_str().unwrap().contains("is changed"), "{r}");
+    // A record moved into another place fails its proof.
+    let mut lines: Vec<String> = filtered.lines().map(str::to_owned).collect();
+    let j = lines
+        .iter()
+        .position(|l| l.contains("\"type\":\"inclusion\""))
+        .unwrap();
+    let mut proof: Value = serde_json::from_str(&lines[j]).unwrap();
+    proof["audit_path"][0] = json!("00".repeat(32));
+    lines[j] = proof.to_string();
+    let (ok, r) = verify(lines.join("\n"));
+    assert!(!ok);
+    assert!(
+        r["failure"].as_str().unwrap().contains("not in the log"),
+        "{r}"
+    );
     assert_eq!(
         s.get(&regulator, "/audit/v1/export?format=xml")
             .await

@@ -5,7 +5,11 @@
 use axum::body::Bytes;
 use futures_util::stream::{self, Stream};
 
+use std::sync::Arc;
+
 use super::checkpoint::Checkpoint;
+use super::merkle::{leaf_hash, Levels};
+use super::unhex32;
 use super::verify::{ExportHeader, ExportLine};
 use super::AuditRecord;
 use crate::error::{Error, Result};
@@ -99,6 +103,19 @@ fn json_line(line: &ExportLine) -> Result<String> {
     Ok(s)
 }
 
+/// What an export writes besides its records.
+pub struct Prepared {
+    /// The records' filter, bounded to the export's checkpoint.
+    pub filter: AuditFilter,
+    /// The first line.
+    pub header: ExportHeader,
+    /// The checkpoints (JSONL).
+    pub checkpoints: Vec<Checkpoint>,
+    /// The tree under the export's checkpoint, when records need inclusion
+    /// proofs (a filtered JSONL export): 64 bytes per record in memory.
+    pub proofs: Option<(i64, Arc<Levels>)>,
+}
+
 /// Signs a checkpoint over everything recorded so far, bounds `filter` to it,
 /// and builds the export header and the checkpoints to write first.
 pub async fn prepare(
@@ -106,9 +123,10 @@ pub async fn prepare(
     mut filter: AuditFilter,
     complete: bool,
     format: Format,
-) -> Result<(AuditFilter, ExportHeader, Vec<Checkpoint>)> {
+) -> Result<Prepared> {
     let checkpoint = services.checkpoints.create().await?;
-    filter.until_seq = Some(checkpoint.as_ref().map_or(0, |c| c.tree_size));
+    let size = checkpoint.as_ref().map_or(0, |c| c.tree_size);
+    filter.until_seq = Some(size);
     let header = ExportHeader {
         format: "licensegate-audit-export/v1".into(),
         origin: services.config.public_url.clone(),
@@ -117,10 +135,32 @@ pub async fn prepare(
         jwks: services.keys.jwks(crate::keys::BROKER).await?,
     };
     let checkpoints = match format {
-        Format::Jsonl => services.checkpoints.all().await?,
+        Format::Jsonl if complete => services.checkpoints.all().await?,
+        Format::Jsonl => checkpoint.into_iter().collect(),
         Format::Csv => Vec::new(),
     };
-    Ok((filter, header, checkpoints))
+    let proofs = if format == Format::Jsonl && !complete {
+        let leaves = services
+            .store
+            .audit_hashes(size)
+            .await?
+            .iter()
+            .map(|h| {
+                unhex32(h)
+                    .map(|h| leaf_hash(&h))
+                    .ok_or_else(|| Error::internal("malformed record hash"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Some((size, Arc::new(Levels::new(leaves))))
+    } else {
+        None
+    };
+    Ok(Prepared {
+        filter,
+        header,
+        checkpoints,
+        proofs,
+    })
 }
 
 enum State {
@@ -133,17 +173,22 @@ enum State {
 /// JSONL; `filter.until_seq` bounds the records.
 pub fn stream(
     store: Store,
-    filter: AuditFilter,
     format: Format,
-    header: ExportHeader,
-    checkpoints: Vec<Checkpoint>,
+    prepared: Prepared,
 ) -> impl Stream<Item = Result<Bytes>> + Send + 'static {
+    let Prepared {
+        filter,
+        header,
+        checkpoints,
+        proofs,
+    } = prepared;
     let start_after = filter.after.unwrap_or(0);
     stream::unfold(State::Start, move |state| {
         let store = store.clone();
         let filter = filter.clone();
         let header = header.clone();
         let checkpoints = checkpoints.clone();
+        let proofs = proofs.clone();
         async move {
             match state {
                 State::Done => None,
@@ -179,10 +224,29 @@ pub fn stream(
                             for r in page {
                                 match format {
                                     Format::Csv => out.push_str(&csv_row(&r)),
-                                    Format::Jsonl => match json_line(&ExportLine::Record(r)) {
-                                        Ok(l) => out.push_str(&l),
-                                        Err(e) => return Some((Err(e), State::Done)),
-                                    },
+                                    Format::Jsonl => {
+                                        let seq = r.seq;
+                                        match json_line(&ExportLine::Record(r)) {
+                                            Ok(l) => out.push_str(&l),
+                                            Err(e) => return Some((Err(e), State::Done)),
+                                        }
+                                        if let Some((size, levels)) = &proofs {
+                                            let index = usize::try_from(seq - 1).unwrap_or(0);
+                                            let line = ExportLine::Inclusion {
+                                                seq,
+                                                tree_size: *size,
+                                                audit_path: levels
+                                                    .proof(index)
+                                                    .iter()
+                                                    .map(|h| super::hex(h))
+                                                    .collect(),
+                                            };
+                                            match json_line(&line) {
+                                                Ok(l) => out.push_str(&l),
+                                                Err(e) => return Some((Err(e), State::Done)),
+                                            }
+                                        }
+                                    }
                                 }
                             }
                             Some((Ok(Bytes::from(out)), State::Records(last)))

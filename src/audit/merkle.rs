@@ -98,6 +98,54 @@ fn subproof(m: usize, leaves: &[Hash], complete: bool) -> Vec<Hash> {
     }
 }
 
+/// Every level of a tree, built once, so that many inclusion proofs cost
+/// O(log n) each (a filtered export proves each of its records). Building
+/// bottom-up and carrying a level's odd last node up unchanged gives the
+/// same tree as RFC 9162's recursive split.
+pub struct Levels(Vec<Vec<Hash>>);
+
+impl Levels {
+    /// The levels over `leaves` (leaf hashes).
+    pub fn new(leaves: Vec<Hash>) -> Self {
+        let mut levels = vec![leaves];
+        while levels.last().is_some_and(|l| l.len() > 1) {
+            let below = levels.last().map(Vec::as_slice).unwrap_or_default();
+            let up = below
+                .chunks(2)
+                .map(|pair| match pair {
+                    [l, r] => node_hash(l, r),
+                    [only] => *only,
+                    _ => empty_root(),
+                })
+                .collect();
+            levels.push(up);
+        }
+        Levels(levels)
+    }
+
+    /// The root.
+    pub fn root(&self) -> Hash {
+        self.0
+            .last()
+            .and_then(|l| l.first())
+            .copied()
+            .unwrap_or_else(empty_root)
+    }
+
+    /// The inclusion proof of leaf `index` (as [`inclusion_proof`]).
+    pub fn proof(&self, index: usize) -> Vec<Hash> {
+        let mut out = Vec::new();
+        let mut i = index;
+        for level in &self.0[..self.0.len().saturating_sub(1)] {
+            if let Some(sibling) = level.get(i ^ 1) {
+                out.push(*sibling);
+            }
+            i >>= 1;
+        }
+        out
+    }
+}
+
 /// Verifies an inclusion proof (RFC 9162 §2.1.3.2).
 pub fn verify_inclusion(
     leaf: &Hash,
@@ -259,6 +307,22 @@ mod tests {
             assert_eq!(f.root(), root(&all[..=i]), "size {}", i + 1);
             let again = Frontier::from_parts(f.size(), &f.to_bytes()).unwrap();
             assert_eq!(again, f);
+        }
+    }
+
+    #[test]
+    fn levels_give_the_rfc_proofs() {
+        for n in 1..=40 {
+            let all = leaves(n);
+            let levels = Levels::new(all.clone());
+            assert_eq!(levels.root(), root(&all), "root of {n}");
+            for m in 0..n {
+                assert_eq!(
+                    levels.proof(m),
+                    inclusion_proof(m, &all),
+                    "proof of {m} in {n}"
+                );
+            }
         }
     }
 

@@ -24,6 +24,58 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(create_client))
         .routes(routes!(rotate_key))
         .routes(routes!(set_holder_account))
+        .routes(routes!(set_regulator_account))
+}
+
+/// A regulator's console account to create or reset.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RegulatorAccountRequest {
+    /// Login name (letters, digits, '.', '_', '-').
+    username: String,
+    /// Shown name.
+    display_name: String,
+    /// An initial password (at least 10 characters); generated when absent.
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// The account, with the password shown this once.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct RegulatorAccount {
+    /// Login name.
+    username: String,
+    /// The password to hand over.
+    password: String,
+}
+
+/// Creates or resets a regulator's console login (argon2id); clears any lock. Audited.
+#[utoipa::path(post, path = "/admin/v1/regulator-accounts", tag = "admin", request_body = RegulatorAccountRequest,
+    responses((status = 200, description = "Account set", body = RegulatorAccount),
+              (status = 422, description = "Invalid name or password", body = Problem)),
+    security(("bearer" = ["catalog:write"])))]
+async fn set_regulator_account(
+    State(state): State<AppState>,
+    Operator(op): Operator,
+    ApiJson(req): ApiJson<RegulatorAccountRequest>,
+) -> Result<Json<RegulatorAccount>> {
+    let password = match req.password {
+        Some(p) => p,
+        None => crate::keys::random_token(12)?,
+    };
+    crate::console::set_account(&state, &req.username, &req.display_name, &password).await?;
+    state
+        .audit
+        .record(
+            op.actor()
+                .event("regulator.account_set", crate::audit::Outcome::Success)
+                .reason(req.username.clone()),
+        )
+        .await?;
+    Ok(Json(RegulatorAccount {
+        username: req.username,
+        password,
+    }))
 }
 
 /// A holder account to create or reset.

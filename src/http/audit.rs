@@ -261,14 +261,8 @@ async fn export_log(
                 .reason(search.describe()),
         )
         .await?;
-    let (filter, header, checkpoints) = export::prepare(&state, filter, complete, format).await?;
-    let body = Body::from_stream(export::stream(
-        state.store.clone(),
-        filter,
-        format,
-        header,
-        checkpoints,
-    ));
+    let prepared = export::prepare(&state, filter, complete, format).await?;
+    let body = Body::from_stream(export::stream(state.store.clone(), format, prepared));
     let (ct, name) = match format {
         Format::Jsonl => ("application/x-ndjson", "audit.jsonl"),
         Format::Csv => ("text/csv; charset=utf-8", "audit.csv"),

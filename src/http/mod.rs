@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth;
 pub mod authorize;
 pub mod catalog;
+pub mod console;
 pub mod context;
 pub mod entities;
 pub mod grants;
@@ -95,6 +96,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(objections::router())
         .merge(notify::router())
         .merge(holder_pages::router())
+        .merge(console::router())
         .split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     // Every app in a process builds the same document; the first one is kept.

@@ -15,6 +15,7 @@ pub mod audit;
 pub mod catalog;
 pub mod clients;
 pub mod consent;
+pub mod console;
 pub mod entities;
 pub mod licenses;
 pub mod notify;

@@ -10,6 +10,7 @@
 //! Chinese is the default language; `?lang=en` switches to English and is
 //! remembered in a cookie.
 
+pub mod console;
 pub mod holder;
 pub mod pages;
 
