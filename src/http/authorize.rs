@@ -794,11 +794,19 @@ async fn consents_page(
         "/holder/consents",
         |state, s, lang| async move {
             let views = holder_consents(&state, &s.holder_id).await?;
+            let mut names = std::collections::HashMap::new();
+            for v in &views {
+                if !names.contains_key(&v.entity) {
+                    if let Some(e) = state.store.entity(&v.entity).await? {
+                        names.insert(v.entity.clone(), e.name);
+                    }
+                }
+            }
             let csrf = csrf_token(&state.sealer, &s.id);
             Ok(Page::new(
                 lang,
                 lang.t("我的授权", "My consents"),
-                pages::consents_page(lang, &views, &csrf),
+                pages::consents_page(lang, &views, &names, &csrf),
             )
             .into_response())
         },

@@ -246,40 +246,67 @@ pub fn requests_page(
     h
 }
 
-/// The holder's consents with a revoke button each.
-pub fn consents_page(lang: Lang, consents: &[ConsentView], csrf: &str) -> String {
-    let mut h = format!(
-        "<h1>{}</h1><table><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th></th></tr>",
-        lang.t("我的授权", "My consents"),
-        lang.t("机构", "Entity"),
-        lang.t("事由", "Purpose"),
-        lang.t("状态", "Status"),
-        lang.t("到期", "Expires"),
-        lang.t("已读/上限", "Reads"),
-    );
+/// The holder's consents with a revoke button each: the entity, the
+/// purpose, each license with its fields, the expiry and the reads used.
+/// `names` maps client ids to entity names.
+pub fn consents_page(
+    lang: Lang,
+    consents: &[ConsentView],
+    names: &std::collections::HashMap<String, String>,
+    csrf: &str,
+) -> String {
+    let mut h = format!("<h1>{}</h1>", lang.t("我的授权", "My consents"));
+    if consents.is_empty() {
+        h.push_str(&format!(
+            "<p>{}</p>",
+            lang.t("您尚未授权任何机构。", "You have not given any consent.")
+        ));
+    }
     for c in consents {
+        let status = match c.status.as_str() {
+            "active" => lang.t("有效", "active"),
+            "revoked" => lang.t("已撤回", "revoked"),
+            "expired" => lang.t("已到期", "expired"),
+            _ => lang.t("次数已用完", "used up"),
+        };
         let revoke = if c.status == "active" {
             format!(
                 "<form method=\"post\" action=\"/holder/consents/{}/revoke\">{}<button type=\"submit\">{}</button></form>",
                 esc(&c.id),
                 hidden("csrf", csrf),
-                lang.t("撤回", "Revoke")
+                lang.t("撤回授权", "Revoke")
             )
         } else {
             String::new()
         };
+        let mut data = String::new();
+        for g in &c.authorization_details {
+            data.push_str(&format!(
+                "<li><code>{}</code>: {} — {}</li>",
+                esc(&g.license_type),
+                esc(&g.licenses.join(", ")),
+                esc(&g.fields.join(", "))
+            ));
+        }
         h.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}</td></tr>",
-            esc(&c.entity),
-            esc(&c.purpose),
-            esc(&c.status),
-            esc(&c.expires_at),
-            c.retrievals,
-            c.max_retrievals,
-            revoke
+            "<section class=\"card consent\" id=\"consent-{id}\"><h2>{entity}</h2><dl>\
+             <dt>{p_l}</dt><dd>{purpose}</dd><dt>{d_l}</dt><dd><ul>{data}</ul></dd>\
+             <dt>{s_l}</dt><dd class=\"status\" data-status=\"{raw}\">{status}</dd><dt>{e_l}</dt><dd>{expires}</dd>\
+             <dt>{r_l}</dt><dd class=\"reads\">{reads}/{max}</dd></dl>{revoke}</section>",
+            id = esc(&c.id),
+            entity = esc(names.get(&c.entity).unwrap_or(&c.entity)),
+            p_l = lang.t("事由", "Purpose"),
+            purpose = esc(&c.purpose),
+            d_l = lang.t("证照与信息项", "Licenses and fields"),
+            s_l = lang.t("状态", "Status"),
+            raw = esc(&c.status),
+            e_l = lang.t("到期时间", "Expires"),
+            expires = esc(&c.expires_at),
+            r_l = lang.t("已读 / 上限", "Reads used / allowed"),
+            reads = c.retrievals,
+            max = c.max_retrievals,
         ));
     }
-    h.push_str("</table>");
     h.push_str(&super::holder::nav(lang, csrf));
     h
 }
