@@ -514,6 +514,18 @@ async fn reminders_are_queued_once_and_failing_webhooks_end_dead() {
         .await
         .unwrap();
 
+    // A long-lived consent granted 91 days ago (its 90-day reminder is due).
+    let (id2, secret2) = bank(&w, "91310000MA1LNGAB0", json!({})).await;
+    let t2 = consent_tokens(&w, &id2, &secret2.unwrap(), &details(Some(30), Some(3))).await;
+    let long_lived = t2["grant_id"].as_str().unwrap().to_owned();
+    let granted = licensegate::store::timestamp(OffsetDateTime::now_utc() - Duration::days(91));
+    sqlx::query("UPDATE consents SET created_at = $1 WHERE id = $2")
+        .bind(&granted)
+        .bind(&long_lived)
+        .execute(w.s.services.store.writer())
+        .await
+        .unwrap();
+
     let first: Value =
         w.s.post_json(&w.op, "/admin/v1/jobs/reminders", &json!({}))
             .await
@@ -528,6 +540,7 @@ async fn reminders_are_queued_once_and_failing_webhooks_end_dead() {
             .unwrap();
     assert!(first["license_expiring"].as_i64().unwrap() >= 2, "{first}");
     assert!(first["consent_expired"].as_i64().unwrap() >= 1, "{first}");
+    assert_eq!(first["consent_reminders"], 1, "{first}");
     assert_eq!(
         second,
         json!({"license_expiring": 0, "consent_expired": 0, "consent_reminders": 0})
