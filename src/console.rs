@@ -231,6 +231,16 @@ pub const MIN_REQUESTS: i64 = 5;
 /// A budget of several reads spent within this many seconds of the consent is an anomaly.
 pub const QUICK_SPEND_SECONDS: i64 = 3600;
 
+/// Refusal reasons that mean an entity asked for more than it may have:
+/// beyond its use list (request and policy refusals) or its consent
+/// (retrieval refusals).
+const OUTSIDE_SCOPE: [&str; 4] = [
+    "use list",
+    "outside",
+    "not covered by the consent",
+    "no license of this consent",
+];
+
 /// The anomaly list over [from, to).
 pub async fn anomalies(services: &Services, from: &str, to: &str) -> Result<Vec<Anomaly>> {
     let stats = stats(services, from, to).await?;
@@ -252,9 +262,7 @@ pub async fn anomalies(services: &Services, from: &str, to: &str) -> Result<Vec<
         let outside: i64 = s
             .refusal_reasons
             .iter()
-            .filter(|(r, _)| {
-                r.contains("use list") || r.contains("not consented") || r.contains("outside")
-            })
+            .filter(|(r, _)| OUTSIDE_SCOPE.iter().any(|m| r.contains(m)))
             .map(|(_, n)| n)
             .sum();
         if outside > 0 {

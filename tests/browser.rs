@@ -327,6 +327,11 @@ async fn regulator_filters_exports_and_verifies_in_a_browser() {
     assert!(row.contains("bank 2 0 1"), "{row}");
     d.screenshot("02-entity-statistics").await;
     d.goto(&w.s.url("/console/anomalies")).await;
+    let anomalies = d.text("#anomalies").await;
+    assert!(
+        anomalies.contains("测试商业银行") && anomalies.contains("超出用证清单"),
+        "{anomalies}"
+    );
     d.screenshot("03-anomalies").await;
     d.goto(&w.s.url("/console/objections")).await;
     d.screenshot("04-objections").await;
