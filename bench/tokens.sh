@@ -23,7 +23,8 @@ cargo build --release --quiet
 DATA=$(mktemp -d)
 trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true; rm -rf "$DATA"' EXIT
 ./target/release/licensegate --data-dir "$DATA" --listen 127.0.0.1:$PORT demo >/dev/null 2>&1
-RUST_LOG=warn ${PERF_CMD:-} ./target/release/licensegate --data-dir "$DATA" --listen 127.0.0.1:$PORT serve >"$DATA/server.log" 2>&1 &
+# One client at full speed: rate limits off (they would measure themselves).
+LICENSEGATE_RATE_LIMIT_CLIENT=0 LICENSEGATE_RATE_LIMIT_ADDRESS=0 RUST_LOG=warn ${PERF_CMD:-} ./target/release/licensegate --data-dir "$DATA" --listen 127.0.0.1:$PORT serve >"$DATA/server.log" 2>&1 &
 SERVER=$!
 for _ in $(seq 1 100); do curl -sf http://127.0.0.1:$PORT/healthz >/dev/null && break; sleep 0.1; done
 

@@ -82,6 +82,10 @@ async fn main() {
         listen: Some(addr),
         data_dir: Some(dir.path().to_path_buf()),
         database_url: std::env::var("LICENSEGATE_BENCH_DATABASE_URL").ok(),
+        // One client at full speed: the per-client and per-address limits
+        // would measure themselves.
+        rate_limit_client: Some(0),
+        rate_limit_address: Some(0),
         ..Default::default()
     };
     let config = Config::resolve(settings, Settings::default()).expect("config");

@@ -44,6 +44,8 @@ pub struct Services {
     pub sealer: Arc<Sealer>,
     /// Working days, for objection deadlines.
     pub calendar: crate::calendar::WorkingCalendar,
+    /// Rate limits of this node.
+    pub limits: Arc<crate::limits::RateLimits>,
 }
 
 /// Shared state of the HTTP handlers.
@@ -88,6 +90,7 @@ impl App {
                 })?
             }
         };
+        let limits = Arc::new(crate::limits::RateLimits::new(&config));
         let metrics = Metrics::default();
         let audit = AuditLog::start(store.clone(), &metrics);
         let services = Services {
@@ -103,7 +106,9 @@ impl App {
                 sealer.clone(),
                 audit.clone(),
                 &config.public_url,
+                limits.clone(),
             ),
+            limits,
             sealer,
             calendar: crate::calendar::WorkingCalendar::parse(
                 &config.holidays,
@@ -262,6 +267,7 @@ async fn maintenance(services: AppState) {
             if let Err(e) = services.store.prune_consent_flows(now).await {
                 tracing::warn!(error = %e, "pruning expired codes, requests and sessions failed");
             }
+            services.limits.prune();
         }
     }
 }

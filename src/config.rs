@@ -96,6 +96,16 @@ pub struct Settings {
     /// Seconds before the first retry of a failed webhook delivery; doubles each time, at most an hour [default: 30].
     #[arg(long, env = "LICENSEGATE_WEBHOOK_RETRY_BASE", global = true)]
     pub webhook_retry_base: Option<u64>,
+    /// Requests per second one authenticated client may make to the token, PAR, CIBA,
+    /// introspection and revocation endpoints, with bursts of twice that; 0 for no limit [default: 200].
+    #[arg(long, env = "LICENSEGATE_RATE_LIMIT_CLIENT", global = true)]
+    pub rate_limit_client: Option<u32>,
+    /// Requests per second one address may make to those endpoints (bursts of twice that); 0 for no limit [default: 1000].
+    #[arg(long, env = "LICENSEGATE_RATE_LIMIT_ADDRESS", global = true)]
+    pub rate_limit_address: Option<u32>,
+    /// Login attempts per minute from one address (holders' and regulators'); 0 for no limit [default: 30].
+    #[arg(long, env = "LICENSEGATE_RATE_LIMIT_LOGIN", global = true)]
+    pub rate_limit_login: Option<u32>,
 }
 
 /// The effective configuration.
@@ -141,6 +151,12 @@ pub struct Config {
     pub webhook_max_attempts: u32,
     /// First retry delay in seconds.
     pub webhook_retry_base: u64,
+    /// Per-client requests per second on client-authenticating endpoints (0: off).
+    pub rate_limit_client: u32,
+    /// Per-address requests per second on those endpoints (0: off).
+    pub rate_limit_address: u32,
+    /// Per-address login attempts per minute (0: off).
+    pub rate_limit_login: u32,
 }
 
 impl Config {
@@ -234,6 +250,18 @@ impl Config {
                 .or(file.webhook_retry_base)
                 .unwrap_or(30)
                 .min(3600),
+            rate_limit_client: over
+                .rate_limit_client
+                .or(file.rate_limit_client)
+                .unwrap_or(200),
+            rate_limit_address: over
+                .rate_limit_address
+                .or(file.rate_limit_address)
+                .unwrap_or(1000),
+            rate_limit_login: over
+                .rate_limit_login
+                .or(file.rate_limit_login)
+                .unwrap_or(30),
         })
     }
 

@@ -24,6 +24,7 @@ pub mod holders;
 pub mod http;
 pub mod keys;
 pub mod licenses;
+pub mod limits;
 pub mod notify;
 pub mod oauth;
 pub mod objections;

@@ -40,6 +40,7 @@ fn audited(path: &str) -> bool {
         "/authorize",
         "/login",
         "/logout",
+        "/console",
         "/holder/",
         "/grants/",
         "/introspect",

@@ -109,6 +109,10 @@ pub fn router(state: AppState) -> axum::Router {
     .method_not_allowed_fallback(method_not_allowed)
     .layer(axum::middleware::from_fn_with_state(
         state.clone(),
+        limit_by_address,
+    ))
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
         context::context,
     ))
     .layer(DefaultBodyLimit::max(config.max_body_bytes))
@@ -116,11 +120,80 @@ pub fn router(state: AppState) -> axum::Router {
         StatusCode::REQUEST_TIMEOUT,
         Duration::from_secs(config.request_timeout),
     ))
+    .layer(axum::middleware::map_response(explain_timeout))
     .layer(TraceLayer::new_for_http())
     .layer(CatchPanicLayer::custom(|_| {
         Error::internal("a handler panicked").into_response()
     }))
     .with_state(state)
+}
+
+/// Endpoints that authenticate clients, limited per peer address before any work.
+const CLIENT_ENDPOINTS: [&str; 5] = ["/token", "/par", "/bc-authorize", "/introspect", "/revoke"];
+
+/// Per-address rate limits: client-authenticating endpoints (RFC 6749 body)
+/// and the login forms (a page); 429 with `Retry-After`.
+async fn limit_by_address(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::{header, HeaderValue, Method};
+    let Some(ip) = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+    else {
+        return next.run(req).await;
+    };
+    let path = req.uri().path();
+    let login = req.method() == Method::POST && (path == "/login" || path == "/console/login");
+    if login {
+        if let Err(wait) = state.limits.login(ip) {
+            let lang = crate::web::Lang::pick(None, req.headers());
+            let secs = wait.retry_after();
+            let msg = match lang {
+                crate::web::Lang::Zh => format!("登录尝试过于频繁，请 {secs} 秒后再试。"),
+                crate::web::Lang::En => format!("Too many login attempts; try again in {secs} s."),
+            };
+            let mut res =
+                crate::web::Page::error(lang, StatusCode::TOO_MANY_REQUESTS, &msg).into_response();
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            res.extensions_mut()
+                .insert(crate::error::RefusalNote("login rate limit".into()));
+            return res;
+        }
+    } else if CLIENT_ENDPOINTS.contains(&path) {
+        if let Err(wait) = state.limits.address(ip) {
+            return crate::oauth::OAuthError::rate_limited(wait.retry_after()).into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// The timeout layer answers 408 with an empty body; give it a problem body.
+async fn explain_timeout(res: axum::response::Response) -> axum::response::Response {
+    if res.status() == StatusCode::REQUEST_TIMEOUT {
+        let mut out = (
+            StatusCode::REQUEST_TIMEOUT,
+            [(axum::http::header::CONTENT_TYPE, "application/problem+json")],
+            serde_json::json!({
+                "type": "https://licensegate.dev/problems/request-timeout",
+                "title": "Request Timeout",
+                "status": 408,
+                "detail": "the request took too long (a slow body or a slow answer) and was cut off; nothing was changed by it unless an answer says so",
+            })
+            .to_string(),
+        )
+            .into_response();
+        out.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        return out;
+    }
+    res
 }
 
 async fn not_found() -> Error {

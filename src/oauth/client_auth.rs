@@ -85,12 +85,20 @@ pub struct Clients {
     audit: Arc<AuditLog>,
     sealer: Arc<Sealer>,
     audiences: [String; 2],
+    limits: Arc<crate::limits::RateLimits>,
 }
 
 impl Clients {
     /// Clients of the broker at `public_url`.
-    pub fn new(store: Store, sealer: Arc<Sealer>, audit: Arc<AuditLog>, public_url: &str) -> Self {
+    pub fn new(
+        store: Store,
+        sealer: Arc<Sealer>,
+        audit: Arc<AuditLog>,
+        public_url: &str,
+        limits: Arc<crate::limits::RateLimits>,
+    ) -> Self {
         Clients {
+            limits,
             cache: Default::default(),
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(5))
@@ -355,6 +363,9 @@ impl Clients {
                 OAuthErrorCode::InvalidClient,
                 "the client is suspended",
             ));
+        }
+        if let Err(wait) = self.limits.client(&client.client_id) {
+            return Err(OAuthError::rate_limited(wait.retry_after()));
         }
         Ok(client)
     }

@@ -220,6 +220,8 @@ pub struct OAuthError {
     pub description: String,
     /// Whether the client tried HTTP Basic (then 401 carries a Basic challenge).
     pub basic_challenge: bool,
+    /// Set when rate-limited: seconds before retrying (429).
+    pub retry_after: Option<u64>,
 }
 
 impl OAuthError {
@@ -229,6 +231,17 @@ impl OAuthError {
             code,
             description: description.into(),
             basic_challenge: false,
+            retry_after: None,
+        }
+    }
+
+    /// Too many requests: 429 with `temporarily_unavailable` and `Retry-After`.
+    pub fn rate_limited(retry_after: u64) -> Self {
+        OAuthError {
+            code: OAuthErrorCode::TemporarilyUnavailable,
+            description: format!("too many requests; retry after {retry_after} s"),
+            basic_challenge: false,
+            retry_after: Some(retry_after),
         }
     }
 }
@@ -263,6 +276,7 @@ impl axum::response::IntoResponse for OAuthError {
     fn into_response(self) -> axum::response::Response {
         use axum::http::{header, HeaderValue, StatusCode};
         let status = match self.code {
+            _ if self.retry_after.is_some() => StatusCode::TOO_MANY_REQUESTS,
             OAuthErrorCode::InvalidClient => StatusCode::UNAUTHORIZED,
             OAuthErrorCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
             OAuthErrorCode::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -279,6 +293,9 @@ impl axum::response::IntoResponse for OAuthError {
         let h = res.headers_mut();
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        if let Some(secs) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if status == StatusCode::UNAUTHORIZED {
             let challenge = if self.basic_challenge {
                 "Basic realm=\"licensegate\""
