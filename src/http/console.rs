@@ -352,8 +352,12 @@ const PAGE: usize = 100;
 async fn search(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<SearchQuery>,
+    q: std::result::Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return Error::from(e).into_response(),
+    };
     let lang_param = q.lang.clone();
     console_page(
         &state,
@@ -433,8 +437,12 @@ async fn search(
 async fn export_view(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<SearchQuery>,
+    q: std::result::Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return Error::from(e).into_response(),
+    };
     let lang_param = q.lang.clone();
     console_page(
         &state,

@@ -15,6 +15,7 @@ pub mod issuer;
 pub mod notify;
 pub mod oauth;
 pub mod objections;
+pub mod openapi;
 pub mod ops;
 
 use std::time::Duration;
@@ -99,6 +100,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(console::router())
         .split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    let doc = openapi::complete(doc);
     // Every app in a process builds the same document; the first one is kept.
     let _ = ops::OPENAPI.set(doc);
     api.route_layer(axum::middleware::from_fn_with_state(
@@ -121,6 +123,7 @@ pub fn router(state: AppState) -> axum::Router {
         Duration::from_secs(config.request_timeout),
     ))
     .layer(axum::middleware::map_response(explain_timeout))
+    .layer(axum::middleware::map_response(plain_errors_as_problems))
     .layer(TraceLayer::new_for_http())
     .layer(CatchPanicLayer::custom(|_| {
         Error::internal("a handler panicked").into_response()
@@ -170,6 +173,40 @@ async fn limit_by_address(
         }
     }
     next.run(req).await
+}
+
+/// Extractor rejections (a path segment that is not a number, a malformed
+/// query) come as text/plain; give them the problem details body every
+/// other error has.
+async fn plain_errors_as_problems(res: axum::response::Response) -> axum::response::Response {
+    let plain = res
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    let status = res.status();
+    if !(plain && status.is_client_error()) {
+        return res;
+    }
+    let detail = match axum::body::to_bytes(res.into_body(), 16 * 1024).await {
+        Ok(b) => String::from_utf8_lossy(&b)
+            .chars()
+            .take(500)
+            .collect::<String>(),
+        Err(_) => String::new(),
+    };
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/problem+json")],
+        serde_json::json!({
+            "type": "https://licensegate.dev/problems/invalid-request",
+            "title": status.canonical_reason().unwrap_or("Bad Request"),
+            "status": status.as_u16(),
+            "detail": detail,
+        })
+        .to_string(),
+    )
+        .into_response()
 }
 
 /// The timeout layer answers 408 with an empty body; give it a problem body.
