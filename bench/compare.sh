@@ -5,13 +5,14 @@
 # licensegate, ES256 for the peer) and token introspection — with wrk (Debian)
 # as the load generator on the same machine. Prints one table and the ratios.
 #
-#   bench/compare.sh [seconds] [connections]
+#   bench/compare.sh [seconds] [connections] [wrk threads]
 #
 # Installs wrk (apt-get) and oidc-provider (npm, pinned in bench/peer) if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-10}
 CONNECTIONS=${2:-64}
+THREADS=${3:-1}
 LG_PORT=18281
 PEER_PORT=18282
 
@@ -60,7 +61,7 @@ done = function(summary, latency, requests)
     summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
 end
 LUA
-  wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" -s "$DATA/$name.lua" "$url" | awk '/^RESULT/ {print $2, $3, $4, $5}'
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" -s "$DATA/$name.lua" "$url" | awk '/^RESULT/ {print $2, $3, $4, $5}'
 }
 
 token_of() { # url creds [extra form field] -> access token
@@ -78,7 +79,7 @@ done
 # licensegate introspects its JWT (signature, expiry, revocation in the database).
 PEER_TOKEN=$(token_of http://127.0.0.1:$PEER_PORT/token "$PEER_CREDS" resource=urn:licensegate:bench:opaque)
 
-echo "running: ${DURATION}s per measurement, $CONNECTIONS connections, wrk 2 threads, $(nproc) cores; servers and load generator share the machine" >&2
+echo "running: ${DURATION}s per measurement, $CONNECTIONS connections, wrk $THREADS thread(s), $(nproc) cores; servers and load generator share the machine" >&2
 LG_TOK=$(measure lg-token http://127.0.0.1:$LG_PORT/token "$LG_CREDS" "grant_type=client_credentials")
 PEER_TOK=$(measure peer-token http://127.0.0.1:$PEER_PORT/token "$PEER_CREDS" "grant_type=client_credentials")
 LG_INT=$(measure lg-introspect http://127.0.0.1:$LG_PORT/introspect "$LG_CREDS" "token=$LG_TOKEN")

@@ -189,6 +189,7 @@ impl App {
         let maintenance = tokio::spawn(maintenance(self.services.clone()));
         let indexer = tokio::spawn(audit_indexer(self.services.clone()));
         let hangups = tokio::spawn(reload_on_sighup(self.services.clone()));
+        let wal = tokio::spawn(wal_checkpoints(self.services.clone()));
         let notifications = tokio::spawn(crate::notify::worker(self.services.clone()));
         let reminders = tokio::spawn(crate::notify::daily(self.services.clone()));
         let served = axum::serve(
@@ -201,6 +202,7 @@ impl App {
         indexer.abort();
         hangups.abort();
         notifications.abort();
+        wal.abort();
         reminders.abort();
         // Sign what the last requests appended, so the whole log is covered.
         if let Err(e) = self.services.checkpoints.create().await {
@@ -286,6 +288,17 @@ pub async fn audit_indexer(services: AppState) {
             Err(e) => tracing::warn!(error = %e, "indexing the audit log failed"),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Checkpoints SQLite's WAL every second, beside the writer.
+async fn wal_checkpoints(services: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if let Err(e) = services.store.checkpoint_wal().await {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
     }
 }
 

@@ -80,11 +80,12 @@ impl Store {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             Error::internal(format!("cannot create {}: {e}", config.data_dir.display()))
         })?;
-        let write = sqlite_pool(&config.database_url, 1, acquire).await?;
+        let write = sqlite_pool(&config.database_url, 1, acquire, true).await?;
         let read = sqlite_pool(
             &config.database_url,
             config.db_max_connections.min(8),
             acquire,
+            false,
         )
         .await?;
         Ok(Store {
@@ -121,6 +122,17 @@ impl Store {
         &self.write
     }
 
+    /// Copies committed WAL pages into the SQLite database file without
+    /// blocking the writer (PASSIVE); a no-op on PostgreSQL.
+    pub async fn checkpoint_wal(&self) -> Result<()> {
+        if self.backend == Backend::Sqlite {
+            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&self.read)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// True when the database answers.
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.read).await.is_ok()
@@ -133,12 +145,19 @@ impl Store {
     }
 }
 
-async fn sqlite_pool(url: &str, max: u32, acquire: Duration) -> Result<AnyPool> {
+async fn sqlite_pool(url: &str, max: u32, acquire: Duration, writer: bool) -> Result<AnyPool> {
     AnyPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(acquire)
-        .after_connect(|conn, _meta| {
+        .after_connect(move |conn, _meta| {
             Box::pin(async move {
+                if writer {
+                    // The writer never checkpoints the WAL itself (an
+                    // automatic checkpoint fsyncs the database file inside
+                    // some unlucky commit); `Store::checkpoint_wal` does it
+                    // beside the writer, every second.
+                    conn.execute("PRAGMA wal_autocheckpoint = 0").await?;
+                }
                 // WAL: readers do not block the writer. synchronous=FULL: a
                 // committed transaction survives power loss. foreign_keys is off
                 // by default in SQLite.
