@@ -36,7 +36,7 @@ h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:1.2rem}\
 .warn{background:#fff4e5;border-color:#f0a040}.err{background:#fdecec;border-color:#d33}\
 label{display:block;margin:.3rem 0}input[type=text],input[type=password]{width:100%;padding:.5rem;font-size:1rem;box-sizing:border-box}\
 button{padding:.6rem 1.2rem;font-size:1rem;margin:.4rem .4rem 0 0}.primary{background:#1456c8;color:#fff;border:0;border-radius:4px}\
-dt{font-weight:600}dd{margin:0 0 .4rem 0}code{word-break:break-all}table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;padding:.3rem;text-align:left}";
+dt{font-weight:600}dd{margin:0 0 .4rem 0}code{word-break:break-all}table{border-collapse:collapse;width:100%;display:block;overflow-x:auto}td,th{border-bottom:1px solid #ddd;padding:.3rem;text-align:left}";
 
 static STYLE_HASH: LazyLock<String> = LazyLock::new(|| {
     use base64::Engine;
