@@ -293,6 +293,10 @@ pub async fn audit_indexer(services: AppState) {
 
 /// Checkpoints SQLite's WAL every second, beside the writer.
 async fn wal_checkpoints(services: AppState) {
+    if let Err(e) = services.store.take_over_checkpoints().await {
+        tracing::warn!(error = %e, "cannot take over WAL checkpoints; SQLite keeps doing them");
+        return;
+    }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;

@@ -47,6 +47,8 @@ pub struct Store {
     read: AnyPool,
     write: AnyPool,
     backend: Backend,
+    /// Set while a server checkpoints the WAL itself (see [`Store::checkpoint_wal`]).
+    own_checkpoints: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -69,6 +71,7 @@ impl Store {
                 read: pool.clone(),
                 write: pool,
                 backend: Backend::Postgres,
+                own_checkpoints: Default::default(),
             });
         }
         if !config.database_url.starts_with("sqlite:") {
@@ -80,18 +83,21 @@ impl Store {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             Error::internal(format!("cannot create {}: {e}", config.data_dir.display()))
         })?;
-        let write = sqlite_pool(&config.database_url, 1, acquire, true).await?;
+        let own_checkpoints = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let write =
+            sqlite_pool(&config.database_url, 1, acquire, Some(own_checkpoints.clone())).await?;
         let read = sqlite_pool(
             &config.database_url,
             config.db_max_connections.min(8),
             acquire,
-            false,
+            None,
         )
         .await?;
         Ok(Store {
             read,
             write,
             backend: Backend::Sqlite,
+            own_checkpoints,
         })
     }
 
@@ -122,6 +128,21 @@ impl Store {
         &self.write
     }
 
+    /// From now on the caller runs [`Store::checkpoint_wal`] regularly, so
+    /// the SQLite writer stops checkpointing inside its commits (servers do;
+    /// command-line tools keep SQLite's automatic checkpoints).
+    pub async fn take_over_checkpoints(&self) -> Result<()> {
+        if self.backend == Backend::Sqlite {
+            self.own_checkpoints
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            // The writer pool's one connection, if already open.
+            sqlx::query("PRAGMA wal_autocheckpoint = 0")
+                .execute(&self.write)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Copies committed WAL pages into the SQLite database file without
     /// blocking the writer (PASSIVE); a no-op on PostgreSQL.
     pub async fn checkpoint_wal(&self) -> Result<()> {
@@ -145,17 +166,24 @@ impl Store {
     }
 }
 
-async fn sqlite_pool(url: &str, max: u32, acquire: Duration, writer: bool) -> Result<AnyPool> {
+async fn sqlite_pool(
+    url: &str,
+    max: u32,
+    acquire: Duration,
+    own_checkpoints: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+) -> Result<AnyPool> {
     AnyPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(acquire)
         .after_connect(move |conn, _meta| {
+            let own = own_checkpoints
+                .as_ref()
+                .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed));
             Box::pin(async move {
-                if writer {
-                    // The writer never checkpoints the WAL itself (an
-                    // automatic checkpoint fsyncs the database file inside
-                    // some unlucky commit); `Store::checkpoint_wal` does it
-                    // beside the writer, every second.
+                if own {
+                    // While a server checkpoints the WAL beside the writer,
+                    // the writer never does (an automatic checkpoint fsyncs
+                    // the database file inside some unlucky commit).
                     conn.execute("PRAGMA wal_autocheckpoint = 0").await?;
                 }
                 // WAL: readers do not block the writer. synchronous=FULL: a
