@@ -84,8 +84,13 @@ impl Store {
             Error::internal(format!("cannot create {}: {e}", config.data_dir.display()))
         })?;
         let own_checkpoints = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let write =
-            sqlite_pool(&config.database_url, 1, acquire, Some(own_checkpoints.clone())).await?;
+        let write = sqlite_pool(
+            &config.database_url,
+            1,
+            acquire,
+            Some(own_checkpoints.clone()),
+        )
+        .await?;
         let read = sqlite_pool(
             &config.database_url,
             config.db_max_connections.min(8),
