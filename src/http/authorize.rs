@@ -22,7 +22,7 @@ use crate::oauth::flows::{self, Backchannel, Pushed};
 use crate::oauth::OAuthErrorBody;
 use crate::web::{
     cookie, csrf_ok, csrf_token, field, form_fields, origin, pages, safe_next, see_other,
-    set_cookie, Lang, Page, LANG_COOKIE, PRE_SESSION_COOKIE, SESSION_COOKIE,
+    set_cookie, Lang, Page, PreSession, LANG_COOKIE, PRE_SESSION_COOKIE, SESSION_COOKIE,
 };
 
 /// Routes of this module.
@@ -237,10 +237,12 @@ where
     result.unwrap_or_else(|e| page_error(lang, e))
 }
 
-fn page_error(lang: Lang, e: Error) -> Response {
+/// An error as a page (never a redirect); server faults are logged and
+/// shown without their cause; refusals carry their note for the audit record.
+pub(crate) fn page_error(lang: Lang, e: Error) -> Response {
     let status = e.status();
     if status.is_server_error() {
-        tracing::error!(error = %e, "holder page failure");
+        tracing::error!(error = %e, "page failure");
         return Page::error(
             lang,
             status,
@@ -395,25 +397,15 @@ fn login_form(
     message: Option<&str>,
     status: StatusCode,
 ) -> Result<Response> {
-    let (pre, new) = match cookie(headers, PRE_SESSION_COOKIE) {
-        Some(p) if p.len() >= 32 => (p.to_owned(), false),
-        _ => (crate::keys::random_token(32)?, true),
-    };
-    let csrf = csrf_token(&state.sealer, &pre);
+    let pre = PreSession::of(headers)?;
+    let csrf = csrf_token(&state.sealer, &pre.id);
     let mut page = Page::new(
         lang,
         lang.t("登录", "Log in"),
         pages::login(lang, &csrf, next, message),
     );
     page.status = status;
-    let mut res = page.into_response();
-    if new {
-        res.headers_mut().append(
-            axum::http::header::SET_COOKIE,
-            set_cookie(PRE_SESSION_COOKIE, &pre, 3600),
-        );
-    }
-    Ok(res)
+    Ok(pre.attach(page.into_response()))
 }
 
 /// Logs a holder in (form post with CSRF token); starts a fresh session.

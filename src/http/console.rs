@@ -12,12 +12,14 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::authorize::page_error;
 use crate::app::AppState;
 use crate::audit::export::{self, Format};
 use crate::audit::{ActorKind, AuditEvent, Outcome};
 use crate::error::{Error, Result};
 use crate::store::audit::AuditFilter;
 use crate::web::console::{self as pages, SearchForm};
+use crate::web::PreSession;
 use crate::web::{
     cookie, csrf_ok, csrf_token, field, form_fields, see_other, set_cookie, Lang, Page,
     PRE_SESSION_COOKIE,
@@ -43,20 +45,6 @@ struct Regulator {
     username: String,
     display_name: String,
     session: String,
-}
-
-fn page_error(lang: Lang, e: Error) -> Response {
-    let status = e.status();
-    if status.is_server_error() {
-        tracing::error!(error = %e, "console page failure");
-        return Page::error(
-            lang,
-            status,
-            lang.t("服务暂时不可用。", "The service failed; try again later."),
-        )
-        .into_response();
-    }
-    Page::error(lang, status, &e.to_string()).into_response()
 }
 
 /// A console page: the regulator's session (or the login page), errors as pages.
@@ -114,25 +102,15 @@ fn login_form(
     message: Option<&str>,
     status: StatusCode,
 ) -> Result<Response> {
-    let (pre, new) = match cookie(headers, PRE_SESSION_COOKIE) {
-        Some(p) if p.len() >= 32 => (p.to_owned(), false),
-        _ => (crate::keys::random_token(32)?, true),
-    };
-    let csrf = csrf_token(&state.sealer, &format!("console-login:{pre}"));
+    let pre = PreSession::of(headers)?;
+    let csrf = csrf_token(&state.sealer, &format!("console-login:{}", pre.id));
     let mut page = Page::new(
         lang,
         lang.t("监管控制台", "Regulator console"),
         pages::login(lang, &csrf, message),
     );
     page.status = status;
-    let mut res = page.into_response();
-    if new {
-        res.headers_mut().append(
-            header::SET_COOKIE,
-            set_cookie(PRE_SESSION_COOKIE, &pre, 3600),
-        );
-    }
-    Ok(res)
+    Ok(pre.attach(page.into_response()))
 }
 
 /// The console login form.

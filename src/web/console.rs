@@ -2,20 +2,12 @@
 //! links, the log's integrity, per-entity statistics with a chart, the
 //! anomaly list, overdue objections, and entity details.
 
-use super::{esc, Lang};
+use super::{esc, hidden, Lang};
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::AuditRecord;
 use crate::console::{Anomaly, EntityStats};
 use crate::objections::ObjectionView;
 use crate::store::audit::VerificationRow;
-
-fn hidden(name: &str, value: &str) -> String {
-    format!(
-        "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
-        esc(name),
-        esc(value)
-    )
-}
 
 /// Console navigation and logout.
 pub fn nav(lang: Lang, csrf: &str, who: &str) -> String {

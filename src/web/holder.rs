@@ -2,17 +2,9 @@
 //! notification choices, the QR code of a shown license, and the navigation
 //! (with the logout form) every holder page ends with.
 
-use super::{esc, Lang};
+use super::{esc, hidden, Lang};
 use crate::licenses::LicenseStatus;
 use crate::objections::ObjectionView;
-
-fn hidden(name: &str, value: &str) -> String {
-    format!(
-        "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
-        esc(name),
-        esc(value)
-    )
-}
 
 /// Links between the holder pages, and the logout button.
 pub fn nav(lang: Lang, csrf: &str) -> String {

@@ -97,6 +97,15 @@ pub fn esc(s: &str) -> String {
     out
 }
 
+/// A hidden form field (name and value escaped).
+pub fn hidden(name: &str, value: &str) -> String {
+    format!(
+        "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
+        esc(name),
+        esc(value)
+    )
+}
+
 /// A cookie's value from the request.
 pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
@@ -117,6 +126,41 @@ pub fn set_cookie(name: &str, value: &str, max_age: i64) -> HeaderValue {
         "{name}={value}; Path=/; Max-Age={max_age}; Secure; HttpOnly; SameSite=Lax"
     ))
     .unwrap_or_else(|_| HeaderValue::from_static("invalid=1; Max-Age=0"))
+}
+
+/// The pre-session that binds a login form's CSRF token before there is a
+/// session: the browser's `lg_pre` cookie, or a new one to set.
+pub struct PreSession {
+    /// Its id.
+    pub id: String,
+    new: bool,
+}
+
+impl PreSession {
+    /// The request's pre-session, or a fresh one.
+    pub fn of(headers: &HeaderMap) -> crate::error::Result<Self> {
+        Ok(match cookie(headers, PRE_SESSION_COOKIE) {
+            Some(p) if p.len() >= 32 => PreSession {
+                id: p.to_owned(),
+                new: false,
+            },
+            _ => PreSession {
+                id: crate::keys::random_token(32)?,
+                new: true,
+            },
+        })
+    }
+
+    /// Sets the cookie on `res` when the pre-session is new.
+    pub fn attach(&self, mut res: Response) -> Response {
+        if self.new {
+            res.headers_mut().append(
+                header::SET_COOKIE,
+                set_cookie(PRE_SESSION_COOKIE, &self.id, 3600),
+            );
+        }
+        res
+    }
 }
 
 /// The CSRF token of forms bound to `binding` (a session or pre-session id).

@@ -1,9 +1,8 @@
 //! The holder pages' HTML.
 
-use super::{esc, Lang};
+use super::{esc, hidden, Lang};
 use crate::consent::{ConsentView, SINGLE_USE_SECONDS};
 use crate::licenses::catalog::LicenseType;
-use crate::licenses::LicenseStatus;
 use crate::oauth::flows::ConsentPrompt;
 
 /// A sector in words.
@@ -19,15 +18,6 @@ pub fn sector(lang: Lang, s: &str) -> String {
     lang.t(zh, en).to_owned()
 }
 
-fn status(lang: Lang, s: LicenseStatus) -> &'static str {
-    match s {
-        LicenseStatus::Valid => lang.t("有效", "valid"),
-        LicenseStatus::Suspended => lang.t("已暂停", "suspended"),
-        LicenseStatus::Cancelled => lang.t("已注销", "cancelled"),
-        LicenseStatus::Expired => lang.t("已过期", "expired"),
-    }
-}
-
 fn field_label(lang: Lang, ty: &LicenseType, key: &str) -> String {
     ty.spec.field(key).map_or_else(
         || key.to_owned(),
@@ -37,14 +27,6 @@ fn field_label(lang: Lang, ty: &LicenseType, key: &str) -> String {
 
 fn type_name(lang: Lang, ty: &LicenseType) -> String {
     lang.t(&ty.spec.name, &ty.spec.name_en).to_owned()
-}
-
-fn hidden(name: &str, value: &str) -> String {
-    format!(
-        "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
-        esc(name),
-        esc(value)
-    )
 }
 
 /// The login form.
@@ -119,7 +101,7 @@ pub fn prompt(lang: Lang, p: &ConsentPrompt) -> String {
                 h.push_str(&format!(
                     "<li><code>{}</code> — {}{}</li>",
                     esc(&c.identifier),
-                    status(lang, c.status),
+                    super::holder::status_text(lang, c.status),
                     c.valid_until
                         .as_deref()
                         .map(|u| format!("，{} {}", lang.t("有效期至", "valid until"), esc(u)))
