@@ -78,24 +78,18 @@ fn ntf_id() -> Result<String> {
     Ok(format!("ntf_{}", random_token(12)?))
 }
 
-/// The statement that queues a notification to a holder.
-pub fn to_holder(holder_id: &str, kind: &str, payload: &Value) -> Result<Statement> {
+/// The statement that queues a notification to a `holder` or an `entity`
+/// (run in the commit of the record it tells about).
+pub fn queue(
+    recipient_kind: &str,
+    recipient_id: &str,
+    kind: &str,
+    payload: &Value,
+) -> Result<Statement> {
     Ok(Store::notification_statement(
         &ntf_id()?,
-        "holder",
-        holder_id,
-        kind,
-        &payload.to_string(),
-        &timestamp(now()),
-    ))
-}
-
-/// The statement that queues a notification to an entity.
-pub fn to_entity(client_id: &str, kind: &str, payload: &Value) -> Result<Statement> {
-    Ok(Store::notification_statement(
-        &ntf_id()?,
-        "entity",
-        client_id,
+        recipient_kind,
+        recipient_id,
         kind,
         &payload.to_string(),
         &timestamp(now()),
@@ -120,7 +114,12 @@ pub async fn consent_statement(
     c: &ConsentRow,
     kind: &str,
 ) -> Result<Statement> {
-    to_holder(&c.holder_id, kind, &consent_notice(services, c).await?)
+    queue(
+        "holder",
+        &c.holder_id,
+        kind,
+        &consent_notice(services, c).await?,
+    )
 }
 
 /// A holder's choices: every kind with whether it is on.

@@ -132,12 +132,12 @@ pub enum Resolution {
 }
 
 fn notice_to_objector(o: &ObjectionRow, view: &ObjectionView) -> Result<Statement> {
-    let payload = json!({ "objection": view });
-    if o.objector_kind == "entity" {
-        crate::notify::to_entity(&o.objector_id, "objection.updated", &payload)
-    } else {
-        crate::notify::to_holder(&o.objector_id, "objection.updated", &payload)
-    }
+    crate::notify::queue(
+        &o.objector_kind,
+        &o.objector_id,
+        "objection.updated",
+        &json!({ "objection": view }),
+    )
 }
 
 fn event(

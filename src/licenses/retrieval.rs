@@ -190,7 +190,8 @@ fn covered<'g>(a: &'g ConsentAccess, identifier: &str) -> Result<(&'g GrantedAcc
         .ok_or_else(not_covered)
 }
 
-/// Asks the policies and the use list about this license, as it is now.
+/// Asks the policies and the use list about this license, as it is now;
+/// returns its status now (what the decision was about).
 async fn decide(
     services: &Services,
     a: &ConsentAccess,
@@ -198,9 +199,10 @@ async fn decide(
     license: &LicenseRow,
     identifier: &str,
     fields: &[String],
-) -> Result<()> {
+) -> Result<LicenseStatus> {
     let ty = services.library.license_type(&license.license_type).await?;
-    let status = effective_status(license, today()).as_str().to_owned();
+    let now_status = effective_status(license, today());
+    let status = now_status.as_str().to_owned();
     let d = crate::entities::decide_about(
         services,
         &DecisionRequest {
@@ -220,7 +222,7 @@ async fn decide(
     )
     .await?;
     if d.allowed {
-        Ok(())
+        Ok(now_status)
     } else {
         Err(Error::Forbidden(format!(
             "refused: {}",
@@ -253,7 +255,7 @@ pub async fn retrieve(
         .license_version(&base, license.current_version)
         .await?
         .ok_or_else(|| Error::internal("a license without its current version"))?;
-    decide(
+    let status = decide(
         services,
         a,
         PolicyAction::Retrieve,
@@ -295,14 +297,12 @@ pub async fn retrieve(
             Guarded {
                 statements: vec![
                     Store::spend_retrieval_statement(&a.consent.id, t.unix_timestamp(), &at),
-                    Store::notification_statement(
-                        &format!("ntf_{}", random_token(12)?),
+                    crate::notify::queue(
                         "holder",
                         &a.consent.holder_id,
                         "license.retrieved",
-                        &notice.to_string(),
-                        &at,
-                    ),
+                        &notice,
+                    )?,
                 ],
                 refused: vec![spent],
             },
@@ -318,7 +318,6 @@ pub async fn retrieve(
         .first()
         .copied()
         .ok_or_else(|| Error::internal("no sequence number for a retrieval"))?;
-    let status = effective_status(&license, today());
     let until = unix_to_rfc3339(a.consent.expires_at);
     let base_url = services.config.public_url.trim_end_matches('/');
     let receipt_claims = json!({
@@ -426,7 +425,7 @@ pub async fn verify(
         .iter()
         .find(|v| v.version == license.current_version)
         .ok_or_else(|| Error::internal("a license without its current version"))?;
-    decide(
+    let status = decide(
         services,
         a,
         PolicyAction::Verify,
@@ -435,7 +434,6 @@ pub async fn verify(
         &given,
     )
     .await?;
-    let status = effective_status(&license, today());
     let mut authentic = true;
     let mut is_current = status == LicenseStatus::Valid;
     if let Some(presented) = &req.sd_jwt {
@@ -480,14 +478,12 @@ pub async fn verify(
                     given.join(",")
                 ))],
             Guarded {
-                statements: vec![Store::notification_statement(
-                    &format!("ntf_{}", random_token(12)?),
+                statements: vec![crate::notify::queue(
                     "holder",
                     &a.consent.holder_id,
                     "license.verified",
-                    &notice.to_string(),
-                    &at,
-                )],
+                    &notice,
+                )?],
                 refused: vec![],
             },
         )
