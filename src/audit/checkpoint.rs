@@ -180,7 +180,8 @@ impl Checkpoints {
             .collect())
     }
 
-    async fn leaves(&self, tree_size: i64) -> Result<Vec<Hash>> {
+    /// The Merkle leaf hashes of records 1..=`tree_size`.
+    pub async fn leaves(&self, tree_size: i64) -> Result<Vec<Hash>> {
         let hashes = self.store.audit_hashes(tree_size).await?;
         if hashes.len() as i64 != tree_size {
             return Err(Error::internal(

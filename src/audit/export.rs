@@ -8,8 +8,7 @@ use futures_util::stream::{self, Stream};
 use std::sync::Arc;
 
 use super::checkpoint::Checkpoint;
-use super::merkle::{leaf_hash, Levels};
-use super::unhex32;
+use super::merkle::Levels;
 use super::verify::{ExportHeader, ExportLine};
 use super::AuditRecord;
 use crate::error::{Error, Result};
@@ -140,17 +139,7 @@ pub async fn prepare(
         Format::Csv => Vec::new(),
     };
     let proofs = if format == Format::Jsonl && !complete {
-        let leaves = services
-            .store
-            .audit_hashes(size)
-            .await?
-            .iter()
-            .map(|h| {
-                unhex32(h)
-                    .map(|h| leaf_hash(&h))
-                    .ok_or_else(|| Error::internal("malformed record hash"))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let leaves = services.checkpoints.leaves(size).await?;
         Some((size, Arc::new(Levels::new(leaves))))
     } else {
         None

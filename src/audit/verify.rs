@@ -91,21 +91,10 @@ impl Verifier {
                 ),
             );
         }
-        let (Some(stored), Some(prev)) = (unhex32(&r.hash), unhex32(&r.prev_hash)) else {
-            return self.fail(
-                r.seq,
-                format!("record {} is changed: its hashes are malformed", r.seq),
-            );
+        let (stored, prev) = match own_hashes(r) {
+            Ok(h) => h,
+            Err(why) => return self.fail(r.seq, why),
         };
-        if r.compute_hash(&prev) != stored {
-            return self.fail(
-                r.seq,
-                format!(
-                    "record {} is changed: its content does not match its hash",
-                    r.seq
-                ),
-            );
-        }
         if prev != self.prev {
             return self.fail(
                 r.seq,
@@ -127,20 +116,8 @@ impl Verifier {
 
     fn check_checkpoint(&mut self, cp: &Checkpoint) {
         self.checked += 1;
-        let Some(key) = self.keys.get(&cp.kid) else {
-            return self.fail(
-                cp.tree_size,
-                format!(
-                    "checkpoint {}: bad signature (unknown key {})",
-                    cp.tree_size, cp.kid
-                ),
-            );
-        };
-        if !cp.signature_valid(key) {
-            return self.fail(
-                cp.tree_size,
-                format!("checkpoint {}: bad signature", cp.tree_size),
-            );
+        if let Some(why) = signature_failure(cp, &self.keys) {
+            return self.fail(cp.tree_size, why);
         }
         if hex(&self.frontier.root()) != cp.root_hash {
             self.fail(
@@ -172,6 +149,38 @@ impl Verifier {
             failure: self.failure.map(|f| f.1),
             time,
         }
+    }
+}
+
+/// A record's own hash and its predecessor's, once its content is checked
+/// against its hash; otherwise why it is changed.
+fn own_hashes(r: &AuditRecord) -> std::result::Result<(Hash, Hash), String> {
+    let (Some(stored), Some(prev)) = (unhex32(&r.hash), unhex32(&r.prev_hash)) else {
+        return Err(format!(
+            "record {} is changed: its hashes are malformed",
+            r.seq
+        ));
+    };
+    if r.compute_hash(&prev) != stored {
+        return Err(format!(
+            "record {} is changed: its content does not match its hash",
+            r.seq
+        ));
+    }
+    Ok((stored, prev))
+}
+
+/// Why a checkpoint's signature does not verify with `keys`, if it does not.
+fn signature_failure(cp: &Checkpoint, keys: &HashMap<String, Vec<u8>>) -> Option<String> {
+    match keys.get(&cp.kid) {
+        None => Some(format!(
+            "checkpoint {}: bad signature (unknown key {})",
+            cp.tree_size, cp.kid
+        )),
+        Some(key) if !cp.signature_valid(key) => {
+            Some(format!("checkpoint {}: bad signature", cp.tree_size))
+        }
+        Some(_) => None,
     }
 }
 
@@ -373,7 +382,7 @@ fn verify_filtered(
     use super::merkle::verify_inclusion;
     let mut checkpoints: BTreeMap<i64, Checkpoint> = BTreeMap::new();
     let mut v = Verifier::new(Vec::new(), keys.clone());
-    let mut pending: Option<AuditRecord> = None;
+    let mut pending: Option<(AuditRecord, Hash)> = None;
     let mut last_seq = 0;
     let mut records = 0;
     for (i, line) in lines {
@@ -386,21 +395,8 @@ fn verify_filtered(
             .map_err(|e| Error::BadRequest(format!("line {} is not an export line: {e}", i + 1)))?;
         match (parsed, pending.take()) {
             (ExportLine::Checkpoint(c), None) if records == 0 => {
-                let Some(key) = keys.get(&c.kid) else {
-                    v.fail(
-                        c.tree_size,
-                        format!(
-                            "checkpoint {}: bad signature (unknown key {})",
-                            c.tree_size, c.kid
-                        ),
-                    );
-                    break;
-                };
-                if !c.signature_valid(key) {
-                    v.fail(
-                        c.tree_size,
-                        format!("checkpoint {}: bad signature", c.tree_size),
-                    );
+                if let Some(why) = signature_failure(&c, &keys) {
+                    v.fail(c.tree_size, why);
                     break;
                 }
                 checkpoints.insert(c.tree_size, c);
@@ -410,25 +406,16 @@ fn verify_filtered(
                     v.fail(r.seq, format!("record {} is reordered or repeated", r.seq));
                     break;
                 }
-                let (Some(stored), Some(prev)) = (unhex32(&r.hash), unhex32(&r.prev_hash)) else {
-                    v.fail(
-                        r.seq,
-                        format!("record {} is changed: its hashes are malformed", r.seq),
-                    );
-                    break;
-                };
-                if r.compute_hash(&prev) != stored {
-                    v.fail(
-                        r.seq,
-                        format!(
-                            "record {} is changed: its content does not match its hash",
-                            r.seq
-                        ),
-                    );
-                    break;
+                match own_hashes(&r) {
+                    Ok((stored, _)) => {
+                        last_seq = r.seq;
+                        pending = Some((r, stored));
+                    }
+                    Err(why) => {
+                        v.fail(r.seq, why);
+                        break;
+                    }
                 }
-                last_seq = r.seq;
-                pending = Some(r);
             }
             (
                 ExportLine::Inclusion {
@@ -436,13 +423,11 @@ fn verify_filtered(
                     tree_size,
                     audit_path,
                 },
-                Some(r),
+                Some((r, stored)),
             ) if seq == r.seq => {
                 let proven = checkpoints.get(&tree_size).is_some_and(|c| {
                     let path: Option<Vec<Hash>> = audit_path.iter().map(|h| unhex32(h)).collect();
-                    let (Some(path), Some(root), Some(stored)) =
-                        (path, unhex32(&c.root_hash), unhex32(&r.hash))
-                    else {
+                    let (Some(path), Some(root)) = (path, unhex32(&c.root_hash)) else {
                         return false;
                     };
                     verify_inclusion(
@@ -459,7 +444,7 @@ fn verify_filtered(
                 }
                 records += 1;
             }
-            (_, Some(r)) => {
+            (_, Some((r, _))) => {
                 v.fail(r.seq, format!("record {} has no inclusion proof", r.seq));
                 break;
             }
@@ -471,7 +456,7 @@ fn verify_filtered(
             }
         }
     }
-    if let Some(r) = pending {
+    if let Some((r, _)) = pending {
         v.fail(r.seq, format!("record {} has no inclusion proof", r.seq));
     }
     let mut report = v.finish(crate::store::timestamp(crate::store::now()));
