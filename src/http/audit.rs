@@ -238,15 +238,7 @@ async fn export_log(
     q: std::result::Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response> {
     let Query(q) = q?;
-    let format = match q.format.as_deref() {
-        None | Some("jsonl") => Format::Jsonl,
-        Some("csv") => Format::Csv,
-        Some(other) => {
-            return Err(Error::BadRequest(format!(
-                "format must be jsonl or csv, not {other:?}"
-            )))
-        }
-    };
+    let format = export_format(q.format.as_deref())?;
     let search: SearchQuery =
         serde_json::from_value(serde_json::to_value(&q.filters).map_err(Error::internal)?)
             .map_err(|e| Error::BadRequest(format!("bad filter: {e}")))?;
@@ -261,7 +253,28 @@ async fn export_log(
                 .reason(search.describe()),
         )
         .await?;
-    let prepared = export::prepare(&state, filter, complete, format).await?;
+    export_response(&state, filter, complete, format).await
+}
+
+/// An export format from its query value (JSONL by default).
+pub(crate) fn export_format(v: Option<&str>) -> Result<Format> {
+    match v {
+        None | Some("jsonl") => Ok(Format::Jsonl),
+        Some("csv") => Ok(Format::Csv),
+        Some(other) => Err(Error::BadRequest(format!(
+            "format must be jsonl or csv, not {other:?}"
+        ))),
+    }
+}
+
+/// Signs a checkpoint and streams the records of `filter` as a download.
+pub(crate) async fn export_response(
+    state: &AppState,
+    filter: AuditFilter,
+    complete: bool,
+    format: Format,
+) -> Result<Response> {
+    let prepared = export::prepare(state, filter, complete, format).await?;
     let body = Body::from_stream(export::stream(state.store.clone(), format, prepared));
     let (ct, name) = match format {
         Format::Jsonl => ("application/x-ndjson", "audit.jsonl"),

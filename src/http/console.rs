@@ -3,9 +3,9 @@
 //! Regulators log in with their own console account; the session cookie
 //! is separate from holders'.
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -14,7 +14,6 @@ use utoipa_axum::routes;
 
 use super::authorize::page_error;
 use crate::app::AppState;
-use crate::audit::export::{self, Format};
 use crate::audit::{ActorKind, AuditEvent, Outcome};
 use crate::error::{Error, Result};
 use crate::store::audit::AuditFilter;
@@ -330,12 +329,8 @@ const PAGE: usize = 100;
 async fn search(
     State(state): State<AppState>,
     headers: HeaderMap,
-    q: std::result::Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
+    Query(q): Query<SearchQuery>,
 ) -> Response {
-    let q = match q {
-        Ok(Query(q)) => q,
-        Err(e) => return Error::from(e).into_response(),
-    };
     let lang_param = q.lang.clone();
     console_page(
         &state,
@@ -415,27 +410,15 @@ async fn search(
 async fn export_view(
     State(state): State<AppState>,
     headers: HeaderMap,
-    q: std::result::Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
+    Query(q): Query<SearchQuery>,
 ) -> Response {
-    let q = match q {
-        Ok(Query(q)) => q,
-        Err(e) => return Error::from(e).into_response(),
-    };
     let lang_param = q.lang.clone();
     console_page(
         &state,
         &headers,
         lang_param.as_deref(),
         |state, r, _lang| async move {
-            let format = match q.format.as_deref() {
-                None | Some("jsonl") => Format::Jsonl,
-                Some("csv") => Format::Csv,
-                Some(other) => {
-                    return Err(Error::BadRequest(format!(
-                        "format must be jsonl or csv, not {other:?}"
-                    )))
-                }
-            };
+            let format = super::audit::export_format(q.format.as_deref())?;
             if opt(&q.sector).is_some() {
                 return Err(Error::BadRequest(
                     "exports filter by entity, not by sector".into(),
@@ -451,24 +434,8 @@ async fn export_view(
                 .audit
                 .record(audit_event(&r, "audit.exported", &form.query()))
                 .await?;
-            let prepared = export::prepare(&state, filter, complete, format).await?;
-            let body = Body::from_stream(export::stream(state.store.clone(), format, prepared));
-            let (ct, name) = match format {
-                Format::Jsonl => ("application/x-ndjson", "audit.jsonl"),
-                Format::Csv => ("text/csv; charset=utf-8", "audit.csv"),
-            };
-            let mut res = (StatusCode::OK, body).into_response();
-            let h = res.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                axum::http::HeaderValue::from_static(ct),
-            );
-            if let Ok(v) =
-                axum::http::HeaderValue::from_str(&format!("attachment; filename=\"{name}\""))
-            {
-                h.insert(header::CONTENT_DISPOSITION, v);
-            }
-            crate::web::security_headers(h);
+            let mut res = super::audit::export_response(&state, filter, complete, format).await?;
+            crate::web::security_headers(res.headers_mut());
             Ok(res)
         },
     )
