@@ -74,7 +74,11 @@ impl App {
         let sealer = Arc::new(Sealer::new(&master)?);
         let store = Store::connect(&config).await?;
         store.migrate().await?;
-        let keys = Arc::new(KeyRing::new(store.clone(), sealer.clone()));
+        let keys = Arc::new(KeyRing::new(
+            store.clone(),
+            sealer.clone(),
+            Duration::from_secs(config.key_refresh),
+        ));
         // Make sure the broker has a signing key before the first request.
         keys.active(BROKER).await?;
         // Invalid policies stop the start: nothing may run on rules that do not check.

@@ -106,6 +106,10 @@ pub struct Settings {
     /// Login attempts per minute from one address (holders' and regulators'); 0 for no limit [default: 30].
     #[arg(long, env = "LICENSEGATE_RATE_LIMIT_LOGIN", global = true)]
     pub rate_limit_login: Option<u32>,
+    /// Seconds a node keeps signing with the key it read before looking for a newer one
+    /// (a rotation made on another node is used by this one within this time) [default: 60].
+    #[arg(long, env = "LICENSEGATE_KEY_REFRESH", global = true)]
+    pub key_refresh: Option<u64>,
 }
 
 /// The effective configuration.
@@ -157,6 +161,8 @@ pub struct Config {
     pub rate_limit_address: u32,
     /// Per-address login attempts per minute (0: off).
     pub rate_limit_login: u32,
+    /// Seconds a node signs with the key it read before re-reading the current one.
+    pub key_refresh: u64,
 }
 
 impl Config {
@@ -262,6 +268,11 @@ impl Config {
                 .rate_limit_login
                 .or(file.rate_limit_login)
                 .unwrap_or(30),
+            key_refresh: over
+                .key_refresh
+                .or(file.key_refresh)
+                .unwrap_or(60)
+                .clamp(1, 3600),
         })
     }
 

@@ -127,11 +127,34 @@ impl Error {
     }
 }
 
+/// True for database failures that say "not now" rather than "this request is wrong":
+/// no connection, a connection lost, a server shutting down or starting, a full
+/// disk, an I/O error. They answer 503 so that clients and load balancers retry.
 fn is_unavailable(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
-    )
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| unavailable_code(&c)),
+        _ => false,
+    }
+}
+
+/// PostgreSQL SQLSTATE classes 08 (connection exception), 53 (insufficient
+/// resources: disk full, out of memory, too many connections) and 57P
+/// (operator intervention: shutdown, crash, cannot connect now); SQLite's
+/// primary result codes SQLITE_IOERR (10), SQLITE_FULL (13) and SQLITE_CANTOPEN (14).
+fn unavailable_code(code: &str) -> bool {
+    if code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") {
+        return true;
+    }
+    // SQLSTATEs always have five characters; SQLite's (extended) codes fewer.
+    code.len() < 5
+        && code
+            .parse::<i32>()
+            .is_ok_and(|n| matches!(n & 0xff, 10 | 13 | 14))
 }
 
 /// What a refusal said, kept on the response for its audit record.
@@ -290,5 +313,22 @@ impl From<PathRejection> for Error {
 impl From<QueryRejection> for Error {
     fn from(r: QueryRejection) -> Self {
         Error::BadRequest(r.body_text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unavailable_code;
+
+    #[test]
+    fn unavailable_database_codes() {
+        for c in [
+            "08006", "08001", "53100", "53300", "57P01", "57P03", "13", "10", "778", "14",
+        ] {
+            assert!(unavailable_code(c), "{c}");
+        }
+        for c in ["23505", "40001", "42P01", "22010", "19", "2067", "5", "1"] {
+            assert!(!unavailable_code(c), "{c}");
+        }
     }
 }

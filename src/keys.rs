@@ -279,10 +279,8 @@ pub struct KeyRing {
         std::collections::HashMap<String, (std::time::Instant, std::sync::Arc<SigningKey>)>,
     >,
     verifying: std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<Vec<u8>>>>,
+    refresh: std::time::Duration,
 }
-
-/// How long a node signs with the key it read before looking for a newer one.
-pub const ACTIVE_KEY_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Key owner name of the broker itself.
 pub const BROKER: &str = "broker";
@@ -294,8 +292,15 @@ pub fn issuer_owner(issuer_id: &str) -> String {
 
 impl KeyRing {
     /// A key ring over the store.
-    pub fn new(store: crate::store::Store, sealer: std::sync::Arc<Sealer>) -> Self {
+    /// A key ring over the store; `refresh` is how long a node signs with the
+    /// key it read before looking for a newer one (made by a rotation on another node).
+    pub fn new(
+        store: crate::store::Store,
+        sealer: std::sync::Arc<Sealer>,
+        refresh: std::time::Duration,
+    ) -> Self {
         KeyRing {
+            refresh,
             store,
             sealer,
             active: Default::default(),
@@ -308,7 +313,7 @@ impl KeyRing {
         // Re-read now and then, so a rotation made on another node reaches this one.
         if let Some(k) = self.active.read().ok().and_then(|m| {
             m.get(owner)
-                .filter(|(at, _)| at.elapsed() < ACTIVE_KEY_TTL)
+                .filter(|(at, _)| at.elapsed() < self.refresh)
                 .map(|(_, k)| k.clone())
         }) {
             return Ok(k);

@@ -215,7 +215,7 @@ pub struct RotatedKey {
 
 /// Rotates a signing key (the broker's or an issuing unit's). The old key stays
 /// in the JWKS, so everything it signed still verifies; other nodes switch to
-/// the new key within a minute.
+/// the new key within `key_refresh` seconds (60 by default).
 #[utoipa::path(post, path = "/admin/v1/keys/rotate", tag = "admin", request_body = KeyRotation,
     responses((status = 200, description = "Rotated", body = RotatedKey),
               (status = 404, description = "No such issuing unit", body = Problem)),

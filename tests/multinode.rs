@@ -1,0 +1,309 @@
+//! Several broker nodes on one database, as behind a load balancer: the
+//! in-process server of the test and two `licensegate serve` processes share
+//! the database, the data directory (master key) and the public URL. A client
+//! sees the same thing whichever node it reaches: revocations and suspensions
+//! stop reads on the other nodes on the very next call, budgets are exact
+//! across nodes, the audit log stays one chain, and a key rotation reaches
+//! every node.
+
+mod common;
+
+use std::process::Child;
+
+use common::flows::*;
+use common::*;
+use serde_json::{json, Value};
+
+/// Two more nodes on the world's database, answering as the same broker.
+async fn more_nodes(w: &World, extra: &[&str]) -> Vec<(Child, String)> {
+    let mut args = w.s.cli_args();
+    args.extend(["--public-url".to_owned(), w.s.base.clone()]);
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        nodes.push(spawn_server(&args, extra, false).await);
+    }
+    nodes
+}
+
+/// Stops the node processes with SIGTERM; each must exit cleanly.
+fn stop_nodes(nodes: Vec<(Child, String)>) {
+    for (mut child, _) in nodes {
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+}
+
+async fn get(w: &World, base: &str, token: &str, path: &str) -> (u16, Value) {
+    let res =
+        w.s.http
+            .get(format!("{base}{path}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+    let status = res.status().as_u16();
+    let challenge = res
+        .headers()
+        .get("www-authenticate")
+        .map(|h| h.to_str().unwrap().to_owned());
+    let body = res.json().await.unwrap_or(Value::Null);
+    match status {
+        200 => (status, body),
+        _ => (status, json!({ "challenge": challenge, "body": body })),
+    }
+}
+
+fn at(t: &Value) -> String {
+    t["access_token"].as_str().unwrap().to_owned()
+}
+
+async fn client_token(w: &World, base: &str, id: &str, secret: &str) -> Value {
+    let res =
+        w.s.http
+            .post(format!("{base}/token"))
+            .basic_auth(id, Some(secret))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn revocation_budgets_and_the_chain_hold_across_nodes() {
+    let w = world_with(|_| {}).await;
+    let nodes = more_nodes(&w, &[]).await;
+    let bases: Vec<String> = std::iter::once(w.s.base.clone())
+        .chain(nodes.iter().map(|(_, b)| b.clone()))
+        .collect();
+    let (id, secret) = bank(&w, "91310000MA1MNDTB0", json!({})).await;
+    let secret = secret.unwrap();
+    let rar = details(Some(30), Some(3));
+
+    // The license list, read on the second node for a consent made on the first.
+    let t = consent_tokens(&w, &id, &secret, &rar).await;
+    let (status, covered) = get(&w, &bases[1], &at(&t), "/api/v1/licenses").await;
+    assert_eq!(status, 200, "{covered}");
+    assert_eq!(covered["retrievals_left"], 3);
+    let path = format!(
+        "/api/v1/licenses/{}",
+        covered["licenses"][0]["identifier"].as_str().unwrap()
+    );
+
+    // Budget of 3, 90 simultaneous reads spread over three nodes: exactly 3 served.
+    let before = actions(&w).await.len();
+    let reads = (0..90).map(|i| {
+        let (w, base, token, path) = (&w, bases[i % 3].clone(), at(&t), path.clone());
+        async move { get(w, &base, &token, &path).await }
+    });
+    let results = futures_util::future::join_all(reads).await;
+    let served: Vec<&Value> = results
+        .iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, b)| b)
+        .collect();
+    let refused = results.iter().filter(|(s, _)| *s == 403).count();
+    assert_eq!((served.len(), refused), (3, 87), "{results:?}");
+    let after = actions(&w).await;
+    let new = &after[before..];
+    assert_eq!(
+        new.iter()
+            .filter(|(a, _, _)| a == "license.retrieved")
+            .count(),
+        3
+    );
+    assert_eq!(
+        new.iter()
+            .filter(|(a, o, r)| a == "access.denied"
+                && o == "refused"
+                && r.as_deref().is_some_and(|r| r.contains("budget")))
+            .count(),
+        87
+    );
+    // Each answer's audit record is the retrieval it names.
+    for body in &served {
+        let seq = body["audit_seq"].as_i64().unwrap();
+        let rec = w.s.services.store.audit_range(seq - 1, seq).await.unwrap();
+        assert_eq!(rec[0].action, "license.retrieved");
+    }
+
+    // A consent revoked on the third node: the next read on the first and second is refused.
+    let t2 = consent_tokens(&w, &id, &secret, &rar).await;
+    assert_eq!(get(&w, &bases[1], &at(&t2), &path).await.0, 200);
+    let cc = client_token(&w, &bases[2], &id, &secret).await;
+    let res =
+        w.s.http
+            .delete(format!(
+                "{}/grants/{}",
+                bases[2],
+                t2["grant_id"].as_str().unwrap()
+            ))
+            .bearer_auth(at(&cc))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(res.status(), 204);
+    for base in &bases[..2] {
+        let (s, b) = get(&w, base, &at(&t2), &path).await;
+        assert_eq!(s, 401, "{base}: {b}");
+        assert!(b.to_string().contains("consent was revoked"), "{b}");
+    }
+
+    // A token revoked (RFC 7009) on the second node: refused on the third, inactive on the first.
+    let t3 = consent_tokens(&w, &id, &secret, &rar).await;
+    let res =
+        w.s.http
+            .post(format!("{}/revoke", bases[1]))
+            .basic_auth(&id, Some(&secret))
+            .form(&[("token", at(&t3).as_str())])
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(get(&w, &bases[2], &at(&t3), &path).await.0, 401);
+    let introspection: Value =
+        w.s.http
+            .post(format!("{}/introspect", bases[0]))
+            .basic_auth(&id, Some(&secret))
+            .form(&[("token", at(&t3).as_str())])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(introspection["active"], false, "{introspection}");
+
+    // The entity suspended through the first node: its next read on the others is refused.
+    let t4 = consent_tokens(&w, &id, &secret, &rar).await;
+    assert_eq!(get(&w, &bases[2], &at(&t4), &path).await.0, 200);
+    let res =
+        w.s.post_json(
+            &w.op,
+            &format!("/admin/v1/entities/{id}/suspend"),
+            &json!({"reason": "inspection"}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    for base in &bases[1..] {
+        assert_eq!(get(&w, base, &at(&t4), &path).await.0, 401, "{base}");
+    }
+
+    // One chain: gapless and verified, with the records of every node.
+    stop_nodes(nodes);
+    let out = licensegate()
+        .args(w.s.cli_args())
+        .args(["audit", "verify"])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success(), "{report}");
+    assert!(
+        report["records"].as_i64().unwrap() as usize >= after.len(),
+        "{report}"
+    );
+    w.s.stop().await;
+}
+
+#[tokio::test]
+async fn a_key_rotation_reaches_every_node() {
+    let w = world_with(|s| s.key_refresh = Some(1)).await;
+    let nodes = more_nodes(&w, &["--key-refresh", "1"]).await;
+    let bases: Vec<String> = std::iter::once(w.s.base.clone())
+        .chain(nodes.iter().map(|(_, b)| b.clone()))
+        .collect();
+    let (id, secret) = bank(&w, "91310000MA1KRTTB0", json!({})).await;
+    let secret = secret.unwrap();
+    let kid = |t: &Value| jwt_part(t["access_token"].as_str().unwrap(), 0)["kid"].clone();
+
+    // Every node signs with the same key, published by every node.
+    let before: Vec<Value> =
+        futures_util::future::join_all(bases.iter().map(|b| client_token(&w, b, &id, &secret)))
+            .await;
+    let old_kid = kid(&before[0]);
+    assert!(before.iter().all(|t| kid(t) == old_kid));
+
+    // Rotated on the third node.
+    let rotated: Value = {
+        let res =
+            w.s.http
+                .post(format!("{}/admin/v1/keys/rotate", bases[2]))
+                .bearer_auth(&w.op)
+                .json(&json!({"owner": "broker"}))
+                .send()
+                .await
+                .unwrap();
+        assert_eq!(res.status(), 200);
+        res.json().await.unwrap()
+    };
+    let new_kid = rotated["kid"].clone();
+    assert_ne!(new_kid, old_kid);
+
+    // Every node publishes the new key at once, and still the old one.
+    for base in &bases {
+        let jwks: Value =
+            w.s.http
+                .get(format!("{base}/jwks.json"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+        let kids: Vec<&Value> = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| &k["kid"])
+            .collect();
+        assert!(
+            kids.contains(&&new_kid) && kids.contains(&&old_kid),
+            "{base}: {jwks}"
+        );
+    }
+    // Within the refresh time every node signs with the new key...
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let jwks: Value =
+        w.s.http
+            .get(format!("{}/jwks.json", bases[1]))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    for base in &bases {
+        let t = client_token(&w, base, &id, &secret).await;
+        assert_eq!(kid(&t), new_kid, "{base}");
+        verify_with_jwks(t["access_token"].as_str().unwrap(), &jwks);
+    }
+    // ...tokens signed by the old key on any node are still accepted on the others...
+    for (i, t) in before.iter().enumerate() {
+        let other = &bases[(i + 1) % 3];
+        let res: Value =
+            w.s.http
+                .post(format!("{other}/introspect"))
+                .basic_auth(&id, Some(&secret))
+                .form(&[("token", at(t).as_str())])
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+        assert_eq!(res["active"], true, "{other}: {res}");
+    }
+    // ...and a consent token signed with the new key on one node is served by the others.
+    let t = consent_tokens(&w, &id, &secret, &details(Some(30), Some(3))).await;
+    assert_eq!(kid(&t), new_kid);
+    for base in &bases[1..] {
+        let (s, b) = get(&w, base, &at(&t), "/api/v1/licenses").await;
+        assert_eq!(s, 200, "{base}: {b}");
+    }
+    stop_nodes(nodes);
+    w.s.stop().await;
+}
