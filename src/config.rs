@@ -71,6 +71,10 @@ pub struct Settings {
     /// Largest number of database connections [default: 16].
     #[arg(long, env = "LICENSEGATE_DB_MAX_CONNECTIONS", global = true)]
     pub db_max_connections: Option<u32>,
+    /// Seconds a request waits for a database connection before it is answered 503
+    /// (the database is down or every connection is busy) [default: 5].
+    #[arg(long, env = "LICENSEGATE_DB_TIMEOUT", global = true)]
+    pub db_timeout: Option<u64>,
     /// Public holidays (YYYY-MM-DD, comma-separated): not working days for objection deadlines.
     #[arg(
         long,
@@ -141,6 +145,8 @@ pub struct Config {
     pub request_timeout: u64,
     /// Database pool size.
     pub db_max_connections: u32,
+    /// Seconds to wait for a database connection before answering 503.
+    pub db_timeout: u64,
     /// Seconds between signed audit checkpoints.
     pub checkpoint_interval: u64,
     /// Directory of the Cedar schema and policies.
@@ -239,6 +245,11 @@ impl Config {
                 .or(file.db_max_connections)
                 .unwrap_or(16)
                 .max(2),
+            db_timeout: over
+                .db_timeout
+                .or(file.db_timeout)
+                .unwrap_or(5)
+                .clamp(1, 120),
             holidays,
             working_weekends,
             notify_interval: over

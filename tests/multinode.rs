@@ -16,61 +16,11 @@ use serde_json::{json, Value};
 
 /// Two more nodes on the world's database, answering as the same broker.
 async fn more_nodes(w: &World, extra: &[&str]) -> Vec<(Child, String)> {
-    let mut args = w.s.cli_args();
-    args.extend(["--public-url".to_owned(), w.s.base.clone()]);
     let mut nodes = Vec::new();
     for _ in 0..2 {
-        nodes.push(spawn_server(&args, extra, false).await);
+        nodes.push(spawn_server(&node_args(w), extra, false).await);
     }
     nodes
-}
-
-/// Stops the node processes with SIGTERM; each must exit cleanly.
-fn stop_nodes(nodes: Vec<(Child, String)>) {
-    for (mut child, _) in nodes {
-        std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(child.wait().unwrap().success());
-    }
-}
-
-async fn get(w: &World, base: &str, token: &str, path: &str) -> (u16, Value) {
-    let res =
-        w.s.http
-            .get(format!("{base}{path}"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
-    let status = res.status().as_u16();
-    let challenge = res
-        .headers()
-        .get("www-authenticate")
-        .map(|h| h.to_str().unwrap().to_owned());
-    let body = res.json().await.unwrap_or(Value::Null);
-    match status {
-        200 => (status, body),
-        _ => (status, json!({ "challenge": challenge, "body": body })),
-    }
-}
-
-fn at(t: &Value) -> String {
-    t["access_token"].as_str().unwrap().to_owned()
-}
-
-async fn client_token(w: &World, base: &str, id: &str, secret: &str) -> Value {
-    let res =
-        w.s.http
-            .post(format!("{base}/token"))
-            .basic_auth(id, Some(secret))
-            .form(&[("grant_type", "client_credentials")])
-            .send()
-            .await
-            .unwrap();
-    assert_eq!(res.status(), 200);
-    res.json().await.unwrap()
 }
 
 #[tokio::test]
@@ -86,7 +36,7 @@ async fn revocation_budgets_and_the_chain_hold_across_nodes() {
 
     // The license list, read on the second node for a consent made on the first.
     let t = consent_tokens(&w, &id, &secret, &rar).await;
-    let (status, covered) = get(&w, &bases[1], &at(&t), "/api/v1/licenses").await;
+    let (status, covered) = get_on(&w, &bases[1], &access_token(&t), "/api/v1/licenses").await;
     assert_eq!(status, 200, "{covered}");
     assert_eq!(covered["retrievals_left"], 3);
     let path = format!(
@@ -97,8 +47,8 @@ async fn revocation_budgets_and_the_chain_hold_across_nodes() {
     // Budget of 3, 90 simultaneous reads spread over three nodes: exactly 3 served.
     let before = actions(&w).await.len();
     let reads = (0..90).map(|i| {
-        let (w, base, token, path) = (&w, bases[i % 3].clone(), at(&t), path.clone());
-        async move { get(w, &base, &token, &path).await }
+        let (w, base, token, path) = (&w, bases[i % 3].clone(), access_token(&t), path.clone());
+        async move { get_on(w, &base, &token, &path).await }
     });
     let results = futures_util::future::join_all(reads).await;
     let served: Vec<&Value> = results
@@ -133,7 +83,10 @@ async fn revocation_budgets_and_the_chain_hold_across_nodes() {
 
     // A consent revoked on the third node: the next read on the first and second is refused.
     let t2 = consent_tokens(&w, &id, &secret, &rar).await;
-    assert_eq!(get(&w, &bases[1], &at(&t2), &path).await.0, 200);
+    assert_eq!(
+        get_on(&w, &bases[1], &access_token(&t2), &path).await.0,
+        200
+    );
     let cc = client_token(&w, &bases[2], &id, &secret).await;
     let res =
         w.s.http
@@ -142,13 +95,13 @@ async fn revocation_budgets_and_the_chain_hold_across_nodes() {
                 bases[2],
                 t2["grant_id"].as_str().unwrap()
             ))
-            .bearer_auth(at(&cc))
+            .bearer_auth(access_token(&cc))
             .send()
             .await
             .unwrap();
     assert_eq!(res.status(), 204);
     for base in &bases[..2] {
-        let (s, b) = get(&w, base, &at(&t2), &path).await;
+        let (s, b) = get_on(&w, base, &access_token(&t2), &path).await;
         assert_eq!(s, 401, "{base}: {b}");
         assert!(b.to_string().contains("consent was revoked"), "{b}");
     }
@@ -159,17 +112,20 @@ async fn revocation_budgets_and_the_chain_hold_across_nodes() {
         w.s.http
             .post(format!("{}/revoke", bases[1]))
             .basic_auth(&id, Some(&secret))
-            .form(&[("token", at(&t3).as_str())])
+            .form(&[("token", access_token(&t3).as_str())])
             .send()
             .await
             .unwrap();
     assert_eq!(res.status(), 200);
-    assert_eq!(get(&w, &bases[2], &at(&t3), &path).await.0, 401);
+    assert_eq!(
+        get_on(&w, &bases[2], &access_token(&t3), &path).await.0,
+        401
+    );
     let introspection: Value =
         w.s.http
             .post(format!("{}/introspect", bases[0]))
             .basic_auth(&id, Some(&secret))
-            .form(&[("token", at(&t3).as_str())])
+            .form(&[("token", access_token(&t3).as_str())])
             .send()
             .await
             .unwrap()
@@ -180,7 +136,10 @@ async fn revocation_budgets_and_the_chain_hold_across_nodes() {
 
     // The entity suspended through the first node: its next read on the others is refused.
     let t4 = consent_tokens(&w, &id, &secret, &rar).await;
-    assert_eq!(get(&w, &bases[2], &at(&t4), &path).await.0, 200);
+    assert_eq!(
+        get_on(&w, &bases[2], &access_token(&t4), &path).await.0,
+        200
+    );
     let res =
         w.s.post_json(
             &w.op,
@@ -190,7 +149,11 @@ async fn revocation_budgets_and_the_chain_hold_across_nodes() {
         .await;
     assert_eq!(res.status(), 200);
     for base in &bases[1..] {
-        assert_eq!(get(&w, base, &at(&t4), &path).await.0, 401, "{base}");
+        assert_eq!(
+            get_on(&w, base, &access_token(&t4), &path).await.0,
+            401,
+            "{base}"
+        );
     }
 
     // One chain: gapless and verified, with the records of every node.
@@ -288,7 +251,7 @@ async fn a_key_rotation_reaches_every_node() {
             w.s.http
                 .post(format!("{other}/introspect"))
                 .basic_auth(&id, Some(&secret))
-                .form(&[("token", at(t).as_str())])
+                .form(&[("token", access_token(t).as_str())])
                 .send()
                 .await
                 .unwrap()
@@ -301,7 +264,7 @@ async fn a_key_rotation_reaches_every_node() {
     let t = consent_tokens(&w, &id, &secret, &details(Some(30), Some(3))).await;
     assert_eq!(kid(&t), new_kid);
     for base in &bases[1..] {
-        let (s, b) = get(&w, base, &at(&t), "/api/v1/licenses").await;
+        let (s, b) = get_on(&w, base, &access_token(&t), "/api/v1/licenses").await;
         assert_eq!(s, 200, "{base}: {b}");
     }
     stop_nodes(nodes);

@@ -59,7 +59,7 @@ impl Store {
     /// directory when needed). Does not run migrations.
     pub async fn connect(config: &Config) -> Result<Self> {
         sqlx::any::install_default_drivers();
-        let acquire = Duration::from_secs(5);
+        let acquire = Duration::from_secs(config.db_timeout);
         if config.is_postgres() {
             let pool = AnyPoolOptions::new()
                 .max_connections(config.db_max_connections)

@@ -412,3 +412,65 @@ pub fn dpop_proof_for(
     }
     jsonwebtoken::encode(&header, &claims, &key.0).unwrap()
 }
+
+// ---- several nodes -------------------------------------------------------
+
+/// Flags for another `licensegate serve` on the world's database and data
+/// directory, answering as the same broker (one public URL, as behind a load balancer).
+pub fn node_args(w: &World) -> Vec<String> {
+    let mut args = w.s.cli_args();
+    args.extend(["--public-url".to_owned(), w.s.base.clone()]);
+    args
+}
+
+/// Stops node processes with SIGTERM; each must exit cleanly.
+pub fn stop_nodes(nodes: Vec<(std::process::Child, String)>) {
+    for (mut child, _) in nodes {
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+}
+
+/// GET `path` on the node at `base` with a bearer token: the status and the
+/// body, or for a refusal `{"challenge": WWW-Authenticate, "body": …}`.
+pub async fn get_on(w: &World, base: &str, token: &str, path: &str) -> (u16, Value) {
+    let res =
+        w.s.http
+            .get(format!("{base}{path}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+    let status = res.status().as_u16();
+    let challenge = res
+        .headers()
+        .get("www-authenticate")
+        .map(|h| h.to_str().unwrap().to_owned());
+    let body = res.json().await.unwrap_or(Value::Null);
+    match status {
+        200 => (status, body),
+        _ => (status, json!({ "challenge": challenge, "body": body })),
+    }
+}
+
+/// The access token of a token response.
+pub fn access_token(t: &Value) -> String {
+    t["access_token"].as_str().unwrap().to_owned()
+}
+
+/// A client_credentials token from the node at `base`.
+pub async fn client_token(w: &World, base: &str, id: &str, secret: &str) -> Value {
+    let res =
+        w.s.http
+            .post(format!("{base}/token"))
+            .basic_auth(id, Some(secret))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
