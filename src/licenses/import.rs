@@ -118,14 +118,7 @@ impl Library {
         actor: &IssuerActor,
         line: &str,
     ) -> crate::Result<(LineOutcome, String)> {
-        let req: PublishRequest = serde_json::from_str(line)
-            .map_err(|e| Error::BadRequest(format!("not a valid publication: {e}")))?;
-        if req.identifier.is_none() && req.source_ref.is_none() {
-            return Err(Error::invalid_field(
-                "source_ref",
-                "an imported line needs an identifier or a source_ref, so that re-imports do not duplicate it",
-            ));
-        }
+        let req = parse_import_line(line)?;
         let (ty, ident, content, holder_digest, digest) =
             self.prepare_publication(actor, &req).await?;
         let existing = match (&ident, &req.source_ref) {
@@ -165,4 +158,18 @@ impl Library {
             .ok_or_else(|| Error::internal("imported license vanished"))?;
         Ok((LineOutcome::Accepted, self.current_identifier(&l).await?))
     }
+}
+
+/// One line of an import file: a JSON publication that carries an
+/// `identifier` or a `source_ref` (what makes re-running the file a no-op).
+pub fn parse_import_line(line: &str) -> crate::Result<PublishRequest> {
+    let req: PublishRequest = serde_json::from_str(line)
+        .map_err(|e| Error::BadRequest(format!("not a valid publication: {e}")))?;
+    if req.identifier.is_none() && req.source_ref.is_none() {
+        return Err(Error::invalid_field(
+            "source_ref",
+            "an imported line needs an identifier or a source_ref, so that re-imports do not duplicate it",
+        ));
+    }
+    Ok(req)
 }

@@ -288,11 +288,15 @@ impl IssuerActor {
     }
 }
 
-/// Face fields, validity and holder of a license version, validated.
-struct Content {
-    fields: Map<String, Value>,
-    valid_from: Date,
-    valid_until: Option<Date>,
+/// Face fields and validity of a license version, validated.
+#[derive(Debug)]
+pub struct Content {
+    /// Face fields.
+    pub fields: Map<String, Value>,
+    /// First day of validity.
+    pub valid_from: Date,
+    /// Last day of validity; none for an indefinite license.
+    pub valid_until: Option<Date>,
 }
 
 /// The library service.
@@ -622,6 +626,19 @@ impl Library {
         String,
     )> {
         let ty = self.publishable_type(actor, &req.license_type).await?;
+        let (ident, content) = Self::check_publication(&ty, &actor.issuer_id, req)?;
+        let holder_digest = self.holder_digest(req.holder.kind, &req.holder.identifier);
+        let digest = self.content_digest(&ty.spec.code, &holder_digest, &content);
+        Ok((ty, ident, content, holder_digest, digest))
+    }
+
+    /// Every check of a publication by `issuer_id` that needs nothing but its
+    /// license type: holder, source_ref, identifier, face fields, validity.
+    pub fn check_publication(
+        ty: &LicenseType,
+        issuer_id: &str,
+        req: &PublishRequest,
+    ) -> Result<(Option<LicenseIdentifier>, Content)> {
         let mut errors = Vec::new();
         if req.holder.kind != ty.spec.holder_kind {
             errors.push(FieldError::new(
@@ -658,7 +675,7 @@ impl Library {
                     if id.type_code != ty.spec.code {
                         errors.push(FieldError::new("identifier", "names another license type"));
                     }
-                    if id.issuer != actor.issuer_id {
+                    if id.issuer != issuer_id {
                         errors.push(FieldError::new("identifier", "names another issuing unit"));
                     }
                     if id.version != 1 {
@@ -678,9 +695,7 @@ impl Library {
             req.valid_until.as_deref(),
             errors,
         )?;
-        let holder_digest = self.holder_digest(req.holder.kind, &req.holder.identifier);
-        let digest = self.content_digest(&ty.spec.code, &holder_digest, &content);
-        Ok((ty, ident, content, holder_digest, digest))
+        Ok((ident, content))
     }
 
     /// Publishes a new license (version 001), signed by its issuer.

@@ -476,81 +476,115 @@ impl Clients {
         jwt: &str,
         params: &HashMap<String, String>,
     ) -> Result<Client, OAuthError> {
-        let invalid = |why: &str| {
-            OAuthError::new(
-                OAuthErrorCode::InvalidClient,
-                format!("client assertion refused: {why}"),
-            )
-        };
-        if params.get("client_assertion_type").map(String::as_str) != Some(JWT_BEARER) {
-            return Err(OAuthError::new(
-                OAuthErrorCode::InvalidRequest,
-                format!("client_assertion_type must be {JWT_BEARER}"),
-            ));
-        }
-        let header = jsonwebtoken::decode_header(jwt).map_err(|_| invalid("malformed JWT"))?;
-        if !matches!(
-            header.alg,
-            Algorithm::ES256 | Algorithm::PS256 | Algorithm::EdDSA
-        ) {
-            return Err(invalid("alg must be ES256, PS256 or EdDSA"));
-        }
-        // The client is named by the unverified `sub`; nothing is trusted until
-        // the signature checks out against that client's registered keys.
-        let client_id = unverified_subject(jwt).ok_or_else(|| invalid("no sub"))?;
-        if params.get("client_id").is_some_and(|p| *p != client_id) {
-            return Err(OAuthError::new(
-                OAuthErrorCode::InvalidRequest,
-                "client_id does not match the assertion",
-            ));
-        }
+        let (header, client_id) = assertion_claimant(jwt, params)?;
         let client = self
             .store
             .client(&client_id)
             .await?
-            .ok_or_else(|| invalid("unknown client"))?;
+            .ok_or_else(|| assertion_refused("unknown client"))?;
         let jwks = self
             .keys_with(&client, header.kid.as_deref())
             .await
-            .ok_or_else(|| invalid("the client has no registered keys"))?;
-        let jwk = match &header.kid {
-            Some(kid) => jwks.find(kid),
-            None if jwks.keys.len() == 1 => jwks.keys.first(),
-            None => None,
-        }
-        .ok_or_else(|| invalid("no registered key matches the kid"))?;
-        let key = DecodingKey::from_jwk(jwk).map_err(|_| invalid("registered key is unusable"))?;
-        let mut v = Validation::new(header.alg);
-        v.leeway = CLOCK_SKEW;
-        v.validate_nbf = true;
-        v.set_audience(&self.audiences);
-        v.set_issuer(&[&client_id]);
-        v.sub = Some(client_id.clone());
-        v.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
-        let claims = jsonwebtoken::decode::<AssertionClaims>(jwt, &key, &v)
-            .map_err(|e| invalid(&e.to_string()))?
-            .claims;
-        let jti = claims
-            .jti
-            .filter(|j| !j.is_empty() && j.len() <= 256)
-            .ok_or_else(|| invalid("jti is required"))?;
-        let now = now().unix_timestamp();
-        if claims.exp > now + 3600 {
-            return Err(invalid("exp is more than an hour away"));
-        }
+            .ok_or_else(|| assertion_refused("the client has no registered keys"))?;
+        let (jti, exp) = check_assertion(
+            jwt,
+            &header,
+            &client_id,
+            &jwks,
+            &self.audiences,
+            now().unix_timestamp(),
+        )?;
         if !self
             .store
             .record_assertion(
                 &format!("{client_id}:{jti}"),
                 &client_id,
-                claims.exp + CLOCK_SKEW as i64,
+                exp + CLOCK_SKEW as i64,
             )
             .await?
         {
-            return Err(invalid("this assertion was already used"));
+            return Err(assertion_refused("this assertion was already used"));
         }
         Ok(client)
     }
+}
+
+fn assertion_refused(why: &str) -> OAuthError {
+    OAuthError::new(
+        OAuthErrorCode::InvalidClient,
+        format!("client assertion refused: {why}"),
+    )
+}
+
+/// The header of a JWT client assertion (RFC 7523) and the client it names
+/// (its unverified `sub`), before any key is looked up: nothing is trusted
+/// until [`check_assertion`] has checked the signature against that client's keys.
+pub fn assertion_claimant(
+    jwt: &str,
+    params: &HashMap<String, String>,
+) -> Result<(jsonwebtoken::Header, String), OAuthError> {
+    if params.get("client_assertion_type").map(String::as_str) != Some(JWT_BEARER) {
+        return Err(OAuthError::new(
+            OAuthErrorCode::InvalidRequest,
+            format!("client_assertion_type must be {JWT_BEARER}"),
+        ));
+    }
+    let header =
+        jsonwebtoken::decode_header(jwt).map_err(|_| assertion_refused("malformed JWT"))?;
+    if !matches!(
+        header.alg,
+        Algorithm::ES256 | Algorithm::PS256 | Algorithm::EdDSA
+    ) {
+        return Err(assertion_refused("alg must be ES256, PS256 or EdDSA"));
+    }
+    let client_id = unverified_subject(jwt).ok_or_else(|| assertion_refused("no sub"))?;
+    if params.get("client_id").is_some_and(|p| *p != client_id) {
+        return Err(OAuthError::new(
+            OAuthErrorCode::InvalidRequest,
+            "client_id does not match the assertion",
+        ));
+    }
+    Ok((header, client_id))
+}
+
+/// Checks a client assertion against the client's registered `jwks`: the
+/// key named by `kid` (or the only key), signature, issuer and subject (the
+/// client), audience (one of `audiences`), expiry (not more than an hour after
+/// `now`), `nbf` and `jti`. Returns the `jti` and `exp` for the replay check.
+pub fn check_assertion(
+    jwt: &str,
+    header: &jsonwebtoken::Header,
+    client_id: &str,
+    jwks: &JwkSet,
+    audiences: &[String],
+    now: i64,
+) -> Result<(String, i64), OAuthError> {
+    let jwk = match &header.kid {
+        Some(kid) => jwks.find(kid),
+        None if jwks.keys.len() == 1 => jwks.keys.first(),
+        None => None,
+    }
+    .ok_or_else(|| assertion_refused("no registered key matches the kid"))?;
+    let key =
+        DecodingKey::from_jwk(jwk).map_err(|_| assertion_refused("registered key is unusable"))?;
+    let mut v = Validation::new(header.alg);
+    v.leeway = CLOCK_SKEW;
+    v.validate_nbf = true;
+    v.set_audience(audiences);
+    v.set_issuer(&[client_id]);
+    v.sub = Some(client_id.to_owned());
+    v.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+    let claims = jsonwebtoken::decode::<AssertionClaims>(jwt, &key, &v)
+        .map_err(|e| assertion_refused(&e.to_string()))?
+        .claims;
+    let jti = claims
+        .jti
+        .filter(|j| !j.is_empty() && j.len() <= 256)
+        .ok_or_else(|| assertion_refused("jti is required"))?;
+    if claims.exp > now.saturating_add(3600) {
+        return Err(assertion_refused("exp is more than an hour away"));
+    }
+    Ok((jti, claims.exp))
 }
 
 /// A JWKS URI: https, or http on the loopback interface (development and tests).

@@ -61,7 +61,7 @@ fn normalise(url: &str) -> &str {
 }
 
 /// Checks a proof for `method` `url` (and, at a resource, the access token it
-/// accompanies); returns the key's thumbprint.
+/// accompanies), including that its id was not used before; returns the key's thumbprint.
 pub async fn verify(
     store: &Store,
     proof: &str,
@@ -69,6 +69,35 @@ pub async fn verify(
     url: &str,
     access_token: Option<&str>,
 ) -> Result<String, OAuthError> {
+    let now = now().unix_timestamp();
+    let checked = check_proof(proof, method, url, access_token, now)?;
+    if !store
+        .record_dpop_proof(&format!("{}:{}", checked.jkt, checked.jti), now + REMEMBER)
+        .await?
+    {
+        return Err(refused("this proof was used before"));
+    }
+    Ok(checked.jkt)
+}
+
+/// A proof that passed every check but the replay check.
+#[derive(Debug)]
+pub struct CheckedProof {
+    /// RFC 7638 thumbprint of the proof's key.
+    pub jkt: String,
+    /// The proof's id, to remember.
+    pub jti: String,
+}
+
+/// Every check of a proof that needs no database: form, `typ`, `alg`, public
+/// key, signature, `htm`, `htu`, `iat` within 10 s of `now`, `jti`, `ath`.
+pub fn check_proof(
+    proof: &str,
+    method: &str,
+    url: &str,
+    access_token: Option<&str>,
+    now: i64,
+) -> Result<CheckedProof, OAuthError> {
     let header = jsonwebtoken::decode_header(proof).map_err(|_| refused("malformed proof"))?;
     if !header
         .typ
@@ -113,8 +142,7 @@ pub async fn verify(
     if normalise(&claims.htu) != normalise(url) {
         return Err(refused("htu does not match the request URL"));
     }
-    let now = now().unix_timestamp();
-    if (claims.iat - now).abs() > SKEW {
+    if claims.iat.abs_diff(now) > SKEW as u64 {
         return Err(refused("iat is not within 10 seconds of now"));
     }
     if claims.jti.is_empty() || claims.jti.len() > 256 {
@@ -126,11 +154,8 @@ pub async fn verify(
             return Err(refused("ath does not match the access token"));
         }
     }
-    if !store
-        .record_dpop_proof(&format!("{jkt}:{}", claims.jti), now + REMEMBER)
-        .await?
-    {
-        return Err(refused("this proof was used before"));
-    }
-    Ok(jkt)
+    Ok(CheckedProof {
+        jkt,
+        jti: claims.jti,
+    })
 }

@@ -141,31 +141,46 @@ impl AccessTokens {
     /// Verifies a bearer token: signature by a broker key, `typ`, issuer,
     /// audience and expiry (10 s leeway).
     pub async fn verify(&self, token: &str) -> Result<AccessClaims> {
-        let bad = |why: &str| Error::Unauthorized(format!("the access token is not valid: {why}"));
-        let header = jsonwebtoken::decode_header(token).map_err(|_| bad("malformed"))?;
-        if header.alg != Algorithm::EdDSA
-            || !header
-                .typ
-                .as_deref()
-                .is_some_and(|t| t.eq_ignore_ascii_case(AT_TYP))
-        {
-            return Err(bad("not an access token of this server"));
-        }
-        let kid = header.kid.ok_or_else(|| bad("no key id"))?;
+        let kid = access_token_kid(token)?;
         let public = self
             .keys
             .verifying_key(BROKER, &kid)
             .await?
-            .ok_or_else(|| bad("unknown signing key"))?;
-        let mut v = Validation::new(Algorithm::EdDSA);
-        v.leeway = 10;
-        v.set_audience(&[&self.issuer]);
-        v.set_issuer(&[&self.issuer]);
-        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        jsonwebtoken::decode::<AccessClaims>(token, &DecodingKey::from_ed_der(&public), &v)
-            .map(|d| d.claims)
-            .map_err(|e| bad(&e.to_string()))
+            .ok_or_else(|| token_refused("unknown signing key"))?;
+        decode_access_token(token, &self.issuer, &public)
     }
+}
+
+fn token_refused(why: &str) -> Error {
+    Error::Unauthorized(format!("the access token is not valid: {why}"))
+}
+
+/// The key id of what claims to be an access token of this server (RFC 9068
+/// `typ`, EdDSA), read from its header before any key is looked up.
+pub fn access_token_kid(token: &str) -> Result<String> {
+    let header = jsonwebtoken::decode_header(token).map_err(|_| token_refused("malformed"))?;
+    if header.alg != Algorithm::EdDSA
+        || !header
+            .typ
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case(AT_TYP))
+    {
+        return Err(token_refused("not an access token of this server"));
+    }
+    header.kid.ok_or_else(|| token_refused("no key id"))
+}
+
+/// Checks an access token's Ed25519 signature with `public` (raw key bytes)
+/// and its claims: issuer and audience `issuer`, expiry (10 s leeway), `sub`.
+pub fn decode_access_token(token: &str, issuer: &str, public: &[u8]) -> Result<AccessClaims> {
+    let mut v = Validation::new(Algorithm::EdDSA);
+    v.leeway = 10;
+    v.set_audience(&[issuer]);
+    v.set_issuer(&[issuer]);
+    v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    jsonwebtoken::decode::<AccessClaims>(token, &DecodingKey::from_ed_der(public), &v)
+        .map(|d| d.claims)
+        .map_err(|e| token_refused(&e.to_string()))
 }
 
 /// A successful token response (RFC 6749 §5.1).

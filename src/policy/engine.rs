@@ -91,12 +91,35 @@ impl PolicyEngine {
         };
         let schema_text =
             std::fs::read_to_string(schema_path).map_err(|e| err(schema_path, 0, e.to_string()))?;
-        let schema = match Schema::from_cedarschema_str(&schema_text) {
+        let mut files = Vec::new();
+        for path in entries
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "cedar"))
+        {
+            let text = std::fs::read_to_string(path).map_err(|e| err(path, 0, e.to_string()))?;
+            files.push((path.display().to_string(), text));
+        }
+        Self::from_texts((&schema_path.display().to_string(), &schema_text), &files)
+    }
+
+    /// Builds the engine from a schema and policy files given as (name, text):
+    /// parses both, checks each policy has a unique `@id`, and validates the
+    /// policies against the schema (strict mode). Errors name the file and line.
+    pub fn from_texts(
+        (schema_name, schema_text): (&str, &str),
+        files: &[(String, String)],
+    ) -> Result<Self, PolicyError> {
+        let err = |file: &str, line, message: String| PolicyError {
+            file: file.to_owned(),
+            line,
+            message,
+        };
+        let schema = match Schema::from_cedarschema_str(schema_text) {
             Ok((schema, _warnings)) => schema,
             Err(e) => {
                 return Err(err(
-                    schema_path,
-                    diagnostic_line(&e, &schema_text),
+                    schema_name,
+                    diagnostic_line(&e, schema_text),
                     diagnostic_message(&e, &e),
                 ))
             }
@@ -104,13 +127,9 @@ impl PolicyEngine {
         let mut policies = PolicySet::new();
         let mut origin = HashMap::new();
         let mut texts = HashMap::new();
-        for path in entries
-            .iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "cedar"))
-        {
-            let text = std::fs::read_to_string(path).map_err(|e| err(path, 0, e.to_string()))?;
-            let parsed = PolicySet::from_str(&text)
-                .map_err(|e| err(path, diagnostic_line(&e, &text), diagnostic_message(&e, &e)))?;
+        for (path, text) in files {
+            let parsed = PolicySet::from_str(text)
+                .map_err(|e| err(path, diagnostic_line(&e, text), diagnostic_message(&e, &e)))?;
             for p in parsed.policies() {
                 let Some(id) = p.annotation("id") else {
                     return Err(err(
@@ -128,9 +147,9 @@ impl PolicyEngine {
                 policies
                     .add(p.new_id(PolicyId::new(id)))
                     .map_err(|e| err(path, line, e.to_string()))?;
-                origin.insert(id.to_owned(), path.display().to_string());
+                origin.insert(id.to_owned(), path.clone());
             }
-            texts.insert(path.display().to_string(), text);
+            texts.insert(path.clone(), text);
         }
         let validation = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
         if let Some(e) = validation.validation_errors().next() {
