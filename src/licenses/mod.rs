@@ -689,7 +689,7 @@ impl Library {
             },
         };
         let content = Self::check_content(
-            &ty,
+            ty,
             &req.fields,
             &req.valid_from,
             req.valid_until.as_deref(),

@@ -140,7 +140,7 @@ impl PolicyEngine {
                 };
                 let line = text
                     .find(&format!("@id(\"{id}\")"))
-                    .map_or(0, |at| line_of(&text, at));
+                    .map_or(0, |at| line_of(text, at));
                 if origin.contains_key(id) {
                     return Err(err(path, line, format!("policy id {id:?} is used twice")));
                 }
