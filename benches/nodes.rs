@@ -46,8 +46,17 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[allow(clippy::zombie_processes)] // main stops and waits for every node
-async fn start_node(dir: &std::path::Path, url: &str, public: &str) -> (Child, String) {
+/// A node process, killed when dropped (also when the benchmark panics).
+struct Node(Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn start_node(dir: &std::path::Path, url: &str, public: &str) -> (Node, String) {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_licensegate"))
         .args([
@@ -65,8 +74,9 @@ async fn start_node(dir: &std::path::Path, url: &str, public: &str) -> (Child, S
         .args(["--rate-limit-client", "0", "--rate-limit-address", "0"])
         .arg("serve")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("node-{port}.log"))).expect("log file"))
         .spawn()
+        .map(Node)
         .expect("licensegate serve");
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
@@ -76,7 +86,8 @@ async fn start_node(dir: &std::path::Path, url: &str, public: &str) -> (Child, S
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    panic!("node on {base} did not come up");
+    let log = std::fs::read_to_string(dir.join(format!("node-{port}.log"))).unwrap_or_default();
+    panic!("node on {base} did not come up:\n{log}");
 }
 
 #[tokio::main]
@@ -138,7 +149,7 @@ async fn main() {
         .expect("client");
 
     println!("nodes  retrievals/s   p50 ms   p99 ms   ({total} requests, {concurrency} connections, PostgreSQL)");
-    let mut nodes: Vec<(Child, String)> = Vec::new();
+    let mut nodes: Vec<(Node, String)> = Vec::new();
     for n in 1..=max_nodes {
         nodes.push(start_node(dir.path(), &url, public).await);
         let bases: Vec<String> = nodes.iter().map(|(_, b)| b.clone()).collect();
@@ -176,10 +187,16 @@ async fn main() {
         let (rate, p50, p99) = load(total, concurrency, retrieve).await;
         println!("{n:>5}  {rate:>12.0}   {p50:>6.2}   {p99:>6.2}");
     }
-    for (mut child, _) in nodes {
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let _ = child.wait();
+    drop(nodes);
+    services.store.close().await;
+    drop(app);
+    // The benchmark's database goes too.
+    let admin = std::env::var("LICENSEGATE_BENCH_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    if let Ok(mut conn) = sqlx::AnyConnection::connect(&admin).await {
+        let name = url.rsplit('/').next().unwrap_or_default();
+        let _ = sqlx::query(&format!("DROP DATABASE {name}"))
+            .execute(&mut conn)
+            .await;
     }
 }

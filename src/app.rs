@@ -94,6 +94,15 @@ impl App {
                 })?
             }
         };
+        {
+            let loaded = policies.current();
+            tracing::info!(
+                policies = loaded.len(),
+                sha256 = loaded.digest(),
+                dir = %config.policy_dir.display(),
+                "policies loaded"
+            );
+        }
         let limits = Arc::new(crate::limits::RateLimits::new(&config));
         let metrics = Metrics::default();
         let audit = AuditLog::start(store.clone(), &metrics);
@@ -151,8 +160,9 @@ impl App {
                         actor
                             .event("policy.loaded", Outcome::Success)
                             .reason(format!(
-                                "{n} policies from {}",
-                                services.policies.dir().display()
+                                "{n} policies from {} (sha256 {})",
+                                services.policies.dir().display(),
+                                services.policies.current().digest()
                             )),
                     )
                     .await?;

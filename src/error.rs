@@ -122,6 +122,13 @@ impl Error {
     }
 
     /// True when a unique constraint was violated (e.g. a duplicate identifier).
+    /// A PostgreSQL deadlock victim (40P01) or serialization failure (40001):
+    /// the transaction was rolled back and may simply run again.
+    pub fn is_retryable_conflict(&self) -> bool {
+        matches!(self, Error::Database(sqlx::Error::Database(db))
+            if matches!(db.code().as_deref(), Some("40P01") | Some("40001")))
+    }
+
     pub fn is_unique_violation(&self) -> bool {
         matches!(self, Error::Database(sqlx::Error::Database(db)) if db.is_unique_violation())
     }

@@ -12,21 +12,6 @@ use common::flows::*;
 use common::*;
 use serde_json::{json, Value};
 
-/// A bank whose use list allows `reads` retrievals per consent.
-async fn bank_with_budget(w: &World, uscc_body: &str, reads: u32) -> (String, String) {
-    let (id, secret) = bank(
-        w,
-        uscc_body,
-        json!({"scenarios": [{
-            "purpose": "account_opening", "description": "开立银行账户 / opening a bank account",
-            "license_types": ["JMSFZ"], "fields": {"JMSFZ": ["name", "sex", "address", "id_number"]},
-            "max_consent_days": 30, "max_retrievals": reads, "flows": ["redirect"]
-        }]}),
-    )
-    .await;
-    (id, secret.unwrap())
-}
-
 /// The path of the first license a consent token covers, read on `base`.
 async fn license_path(w: &World, base: &str, token: &str) -> String {
     let (status, covered) = get_on(w, base, token, "/api/v1/licenses").await;

@@ -270,3 +270,61 @@ async fn a_key_rotation_reaches_every_node() {
     stop_nodes(nodes);
     w.s.stop().await;
 }
+
+#[tokio::test]
+async fn many_consents_read_on_every_node_at_once() {
+    // Group commits of several nodes spend budgets of different consents: they
+    // must not lock consent rows in different orders (PostgreSQL would abort
+    // one as a deadlock victim and its reads would get 503).
+    let w = world_with(|_| {}).await;
+    let nodes = more_nodes(&w, &[]).await;
+    let bases: Vec<String> = std::iter::once(w.s.base.clone())
+        .chain(nodes.iter().map(|(_, b)| b.clone()))
+        .collect();
+    let (id, secret) = bank_with_budget(&w, "91310000MA1MCNTB0", 200).await;
+    let rar = details(Some(30), Some(200));
+    let mut tokens = Vec::new();
+    for _ in 0..8 {
+        tokens.push(access_token(&consent_tokens(&w, &id, &secret, &rar).await));
+    }
+    let (_, covered) = get_on(&w, &bases[0], &tokens[0], "/api/v1/licenses").await;
+    let path = format!(
+        "/api/v1/licenses/{}",
+        covered["licenses"][0]["identifier"].as_str().unwrap()
+    );
+    let before = actions(&w).await.len();
+    let workers = (0..64).map(|k| {
+        let (w, bases, tokens, path) = (&w, &bases, &tokens, &path);
+        async move {
+            let mut statuses = Vec::new();
+            for i in 0..20 {
+                let base = &bases[(k + i) % bases.len()];
+                let token = &tokens[(k + i * 3) % tokens.len()];
+                statuses.push(get_on(w, base, token, path).await);
+            }
+            statuses
+        }
+    });
+    let results: Vec<(u16, Value)> = futures_util::future::join_all(workers)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let failed: Vec<&(u16, Value)> = results.iter().filter(|(s, _)| *s != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 1280 reads refused: {failed:?}",
+        failed.len()
+    );
+    let retrieved = actions(&w).await[before..]
+        .iter()
+        .filter(|(a, _, _)| a == "license.retrieved")
+        .count();
+    assert_eq!(retrieved, 1280);
+    for token in &tokens {
+        let (_, c) = get_on(&w, &bases[1], token, "/api/v1/licenses").await;
+        assert_eq!(c["retrievals_left"], 40, "{c}");
+    }
+    stop_nodes(nodes);
+    w.s.stop().await;
+}

@@ -507,7 +507,18 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Pending>, metrics: WriterMe
                 Err(_) => break,
             }
         }
-        let result = commit_batch(&store, &batch).await;
+        let mut result = commit_batch(&store, &batch).await;
+        // A transaction PostgreSQL chose as a deadlock victim (or could not
+        // serialize) was rolled back whole: the same batch can run again.
+        for _ in 0..3 {
+            match &result {
+                Err(e) if e.is_retryable_conflict() => {
+                    tracing::warn!(error = %e, records = batch.len(), "audit batch retried");
+                    result = commit_batch(&store, &batch).await;
+                }
+                _ => break,
+            }
+        }
         metrics.batch.observe(batch.len() as f64);
         match result {
             Ok(appended) => {
@@ -533,6 +544,13 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Pending>, metrics: WriterMe
 
 async fn commit_batch(store: &Store, batch: &[Pending]) -> Result<Vec<Appended>> {
     let mut tx = store.writer().begin().await?;
+    if store.backend() == crate::store::Backend::Postgres && batch.iter().any(|p| p.guard.is_some())
+    {
+        // Take the log's head before the guards' row locks: batches of several
+        // nodes then queue on the head instead of locking consent rows in
+        // different orders (a deadlock). SQLite has a single writer anyway.
+        Store::lock_audit_head(&mut tx).await?;
+    }
     let mut events = Vec::new();
     let mut shapes = Vec::with_capacity(batch.len());
     for p in batch {

@@ -40,6 +40,24 @@ pub struct PolicyEngine {
     authorizer: Authorizer,
     /// Policy id → file it came from.
     origin: HashMap<String, String>,
+    /// SHA-256 (hex) over the schema and the policy files, names and texts:
+    /// nodes that print the same digest decide alike.
+    digest: String,
+}
+
+/// SHA-256 over each (file name, text) in order, lengths included.
+fn set_digest(parts: &[(&str, &str)]) -> String {
+    let mut all = Vec::new();
+    for (name, text) in parts {
+        let name = std::path::Path::new(name)
+            .file_name()
+            .map_or_else(|| name.to_string(), |n| n.to_string_lossy().into_owned());
+        for piece in [name.as_bytes(), text.as_bytes()] {
+            all.extend_from_slice(&(piece.len() as u64).to_be_bytes());
+            all.extend_from_slice(piece);
+        }
+    }
+    crate::audit::hex(&crate::keys::sha256(all))
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -164,11 +182,14 @@ impl PolicyEngine {
                 message: format!("policy {}: {}", e.policy_id(), diagnostic_message(e, e)),
             });
         }
+        let mut parts = vec![(schema_name, schema_text)];
+        parts.extend(files.iter().map(|(n, t)| (n.as_str(), t.as_str())));
         Ok(PolicyEngine {
             schema,
             policies,
             authorizer: Authorizer::new(),
             origin,
+            digest: set_digest(&parts),
         })
     }
 
@@ -184,7 +205,13 @@ impl PolicyEngine {
             policies: PolicySet::new(),
             authorizer: Authorizer::new(),
             origin: HashMap::new(),
+            digest: set_digest(&[]),
         })
+    }
+
+    /// SHA-256 (hex) of the schema and policy files this engine was built from.
+    pub fn digest(&self) -> &str {
+        &self.digest
     }
 
     /// Number of policies.

@@ -474,3 +474,18 @@ pub async fn client_token(w: &World, base: &str, id: &str, secret: &str) -> Valu
     assert_eq!(res.status(), 200);
     res.json().await.unwrap()
 }
+
+/// A bank whose use list allows `reads` retrievals per consent.
+pub async fn bank_with_budget(w: &World, uscc_body: &str, reads: u32) -> (String, String) {
+    let (id, secret) = bank(
+        w,
+        uscc_body,
+        json!({"scenarios": [{
+            "purpose": "account_opening", "description": "开立银行账户 / opening a bank account",
+            "license_types": ["JMSFZ"], "fields": {"JMSFZ": ["name", "sex", "address", "id_number"]},
+            "max_consent_days": 30, "max_retrievals": reads, "flows": ["redirect"]
+        }]}),
+    )
+    .await;
+    (id, secret.unwrap())
+}
