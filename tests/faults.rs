@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::flows::*;
 use common::*;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// The path of the first license a consent token covers, read on `base`.
 async fn license_path(w: &World, base: &str, token: &str) -> String {
