@@ -122,14 +122,7 @@ async fn sign_checkpoint(s: &TestServer, regulator: &str) -> Value {
 
 /// Runs `licensegate audit verify` against the server's database.
 fn cli_verify(s: &TestServer) -> (bool, Value) {
-    let out = licensegate()
-        .args(s.cli_args())
-        .args(["audit", "verify"])
-        .output()
-        .unwrap();
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
-    (out.status.success(), report)
+    audit_verify(&s.cli_args())
 }
 
 /// Lets the test change history as a database administrator could.

@@ -98,18 +98,6 @@ async fn load(
     v
 }
 
-fn verify(db: &[String]) -> Value {
-    let out = licensegate()
-        .args(db)
-        .args(["audit", "verify"])
-        .output()
-        .unwrap();
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
-    assert!(out.status.success(), "chain verifies: {report}");
-    report
-}
-
 /// Every `token.issued` record's jti, from a full export.
 fn issued_jtis(db: &[String], dir: &std::path::Path) -> Vec<String> {
     let file = dir.join(format!("export-{}.jsonl", std::process::id()));
@@ -157,7 +145,7 @@ async fn sigkill_under_load_loses_no_acknowledged_record() {
         acked.len()
     );
 
-    let report = verify(&db);
+    let report = assert_chain_verifies(&db);
     let recorded: std::collections::HashSet<String> =
         issued_jtis(&db, dir.path()).into_iter().collect();
     let lost: Vec<&String> = acked.iter().filter(|j| !recorded.contains(*j)).collect();
@@ -185,7 +173,7 @@ async fn sigkill_under_load_loses_no_acknowledged_record() {
         .status()
         .unwrap();
     child.wait().unwrap();
-    verify(&db);
+    assert_chain_verifies(&db);
 }
 
 #[tokio::test]
@@ -211,7 +199,7 @@ async fn two_nodes_append_to_one_chain() {
             .unwrap();
         assert!(child.wait().unwrap().success());
     }
-    let report = verify(&db);
+    let report = assert_chain_verifies(&db);
     let recorded = issued_jtis(&db, dir.path());
     assert_eq!(
         recorded.len(),

@@ -29,19 +29,6 @@ async fn reads_left(w: &World, token: &str) -> i64 {
     covered["retrievals_left"].as_i64().unwrap()
 }
 
-/// `licensegate audit verify` on the world's database must pass; returns its report.
-fn verify_chain(w: &World) -> Value {
-    let out = licensegate()
-        .args(w.s.cli_args())
-        .args(["audit", "verify"])
-        .output()
-        .unwrap();
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
-    assert!(out.status.success(), "the chain verifies: {report}");
-    report
-}
-
 #[tokio::test]
 async fn sigkill_under_retrieval_load_loses_no_read_and_overspends_no_budget() {
     // The first consent runs out during the load; the others are still being read when the node dies.
@@ -136,7 +123,7 @@ async fn sigkill_under_retrieval_load_loses_no_read_and_overspends_no_budget() {
         );
         assert_eq!(reads_left(&w, token).await, BUDGETS[i] - retrieved);
     }
-    verify_chain(&w);
+    assert_chain_verifies(&w.s.cli_args());
     w.s.stop().await;
 }
 
@@ -269,7 +256,7 @@ async fn database_outage_fails_fast_with_503_and_recovers() {
         .count();
     assert_eq!(served, 2);
     stop_nodes(vec![(node, base)]);
-    verify_chain(&w);
+    assert_chain_verifies(&w.s.cli_args());
     w.s.stop().await;
 }
 
@@ -360,6 +347,6 @@ async fn failing_writes_refuse_rather_than_answer_unaudited() {
             .count() as i64,
         served - 1
     );
-    verify_chain(&w);
+    assert_chain_verifies(&w.s.cli_args());
     w.s.stop().await;
 }

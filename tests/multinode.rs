@@ -14,22 +14,23 @@ use common::flows::*;
 use common::*;
 use serde_json::{json, Value};
 
-/// Two more nodes on the world's database, answering as the same broker.
-async fn more_nodes(w: &World, extra: &[&str]) -> Vec<(Child, String)> {
+/// Two more nodes on the world's database, answering as the same broker;
+/// returns them and the base URLs of all three (the world's first).
+async fn more_nodes(w: &World, extra: &[&str]) -> (Vec<(Child, String)>, Vec<String>) {
     let mut nodes = Vec::new();
     for _ in 0..2 {
         nodes.push(spawn_server(&node_args(w), extra, false).await);
     }
-    nodes
+    let bases = std::iter::once(w.s.base.clone())
+        .chain(nodes.iter().map(|(_, b)| b.clone()))
+        .collect();
+    (nodes, bases)
 }
 
 #[tokio::test]
 async fn revocation_budgets_and_the_chain_hold_across_nodes() {
     let w = world_with(|_| {}).await;
-    let nodes = more_nodes(&w, &[]).await;
-    let bases: Vec<String> = std::iter::once(w.s.base.clone())
-        .chain(nodes.iter().map(|(_, b)| b.clone()))
-        .collect();
+    let (nodes, bases) = more_nodes(&w, &[]).await;
     let (id, secret) = bank(&w, "91310000MA1MNDTB0", json!({})).await;
     let secret = secret.unwrap();
     let rar = details(Some(30), Some(3));
@@ -158,13 +159,7 @@ async fn revocation_budgets_and_the_chain_hold_across_nodes() {
 
     // One chain: gapless and verified, with the records of every node.
     stop_nodes(nodes);
-    let out = licensegate()
-        .args(w.s.cli_args())
-        .args(["audit", "verify"])
-        .output()
-        .unwrap();
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(out.status.success(), "{report}");
+    let report = assert_chain_verifies(&w.s.cli_args());
     assert!(
         report["records"].as_i64().unwrap() as usize >= after.len(),
         "{report}"
@@ -175,10 +170,7 @@ async fn revocation_budgets_and_the_chain_hold_across_nodes() {
 #[tokio::test]
 async fn a_key_rotation_reaches_every_node() {
     let w = world_with(|s| s.key_refresh = Some(1)).await;
-    let nodes = more_nodes(&w, &["--key-refresh", "1"]).await;
-    let bases: Vec<String> = std::iter::once(w.s.base.clone())
-        .chain(nodes.iter().map(|(_, b)| b.clone()))
-        .collect();
+    let (nodes, bases) = more_nodes(&w, &["--key-refresh", "1"]).await;
     let (id, secret) = bank(&w, "91310000MA1KRTTB0", json!({})).await;
     let secret = secret.unwrap();
     let kid = |t: &Value| jwt_part(t["access_token"].as_str().unwrap(), 0)["kid"].clone();
@@ -277,10 +269,7 @@ async fn many_consents_read_on_every_node_at_once() {
     // must not lock consent rows in different orders (PostgreSQL would abort
     // one as a deadlock victim and its reads would get 503).
     let w = world_with(|_| {}).await;
-    let nodes = more_nodes(&w, &[]).await;
-    let bases: Vec<String> = std::iter::once(w.s.base.clone())
-        .chain(nodes.iter().map(|(_, b)| b.clone()))
-        .collect();
+    let (nodes, bases) = more_nodes(&w, &[]).await;
     let (id, secret) = bank_with_budget(&w, "91310000MA1MCNTB0", 200).await;
     let rar = details(Some(30), Some(200));
     let mut tokens = Vec::new();

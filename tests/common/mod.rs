@@ -360,6 +360,25 @@ pub fn licensegate() -> std::process::Command {
     c
 }
 
+/// `licensegate ARGS audit verify`: whether it passed, and its JSON report.
+pub fn audit_verify(args: &[String]) -> (bool, Value) {
+    let out = licensegate()
+        .args(args)
+        .args(["audit", "verify"])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.success(), report)
+}
+
+/// `audit verify` that must pass; returns the report.
+pub fn assert_chain_verifies(args: &[String]) -> Value {
+    let (ok, report) = audit_verify(args);
+    assert!(ok, "the chain verifies: {report}");
+    report
+}
+
 /// A copy of the shipped policies in a temporary directory, to change in a test.
 pub fn copy_of_policies() -> tempfile::TempDir {
     let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
