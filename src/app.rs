@@ -154,19 +154,32 @@ impl App {
         use crate::audit::Outcome;
         match services.policies.reload() {
             Ok(n) => {
+                // Published, so that every node puts the same set in force.
+                let engine = services.policies.current();
+                let files = serde_json::to_string(&engine.sources()).map_err(Error::internal)?;
+                let generation = services
+                    .store
+                    .publish_policy_set(
+                        engine.digest(),
+                        &files,
+                        &crate::store::timestamp(crate::store::now()),
+                        &actor.id,
+                    )
+                    .await?;
+                services.policies.set_generation(generation);
                 services
                     .audit
                     .record(
                         actor
                             .event("policy.loaded", Outcome::Success)
                             .reason(format!(
-                                "{n} policies from {} (sha256 {})",
+                                "{n} policies from {} (sha256 {}), published as generation {generation}",
                                 services.policies.dir().display(),
-                                services.policies.current().digest()
+                                engine.digest()
                             )),
                     )
                     .await?;
-                tracing::info!(policies = n, "policies reloaded");
+                tracing::info!(policies = n, generation, "policies reloaded and published");
                 Ok(n)
             }
             Err(e) => {
@@ -200,6 +213,9 @@ impl App {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
         let router = self.router();
+        // A published policy set wins over this node's files from the start.
+        sync_policies(&self.services).await?;
+        let policy_sync = tokio::spawn(policy_sync(self.services.clone()));
         let maintenance = tokio::spawn(maintenance(self.services.clone()));
         let indexer = tokio::spawn(audit_indexer(self.services.clone()));
         let hangups = tokio::spawn(reload_on_sighup(self.services.clone()));
@@ -215,6 +231,7 @@ impl App {
         maintenance.abort();
         indexer.abort();
         hangups.abort();
+        policy_sync.abort();
         notifications.abort();
         wal.abort();
         reminders.abort();
@@ -316,6 +333,43 @@ async fn wal_checkpoints(services: AppState) {
         tick.tick().await;
         if let Err(e) = services.store.checkpoint_wal().await {
             tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
+    }
+}
+
+/// Puts the newest published policy set in force on this node, if it is not
+/// already (a reload on any node publishes one). An invalid published set —
+/// which a reload never publishes — leaves the current set in force.
+pub async fn sync_policies(services: &Services) -> Result<()> {
+    let Some((generation, digest)) = services.store.latest_policy_set().await? else {
+        return Ok(());
+    };
+    if generation <= services.policies.generation() {
+        return Ok(());
+    }
+    if services.policies.current().digest() != digest {
+        let Some(files) = services.store.policy_set_files(generation).await? else {
+            return Ok(());
+        };
+        let sources: crate::policy::engine::PolicySources =
+            serde_json::from_str(&files).map_err(Error::internal)?;
+        let engine = crate::policy::engine::PolicyEngine::from_sources(&sources)
+            .map_err(|e| Error::internal(format!("published policy set {generation}: {e}")))?;
+        services.policies.replace(Arc::new(engine));
+        tracing::info!(generation, sha256 = %digest, "published policies put in force");
+    }
+    services.policies.set_generation(generation);
+    Ok(())
+}
+
+/// Every second: the newest published policy set.
+async fn policy_sync(services: Arc<Services>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = sync_policies(&services).await {
+            tracing::warn!(error = %e, "cannot read the published policies");
         }
     }
 }

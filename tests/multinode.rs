@@ -317,3 +317,79 @@ async fn many_consents_read_on_every_node_at_once() {
     stop_nodes(nodes);
     w.s.stop().await;
 }
+
+#[tokio::test]
+async fn a_policy_reload_reaches_every_node() {
+    let policies = copy_of_policies();
+    let dir = policies.path().to_path_buf();
+    let w = world_with(move |s| s.policy_dir = Some(dir)).await;
+    let (nodes, bases) = more_nodes(&w, &[]).await;
+    let (id, secret) = bank_with_budget(&w, "91310000MA1PLRTB0", 100).await;
+    let token =
+        access_token(&consent_tokens(&w, &id, &secret, &details(Some(30), Some(100))).await);
+    let (_, covered) = get_on(&w, &bases[1], &token, "/api/v1/licenses").await;
+    let path = format!(
+        "/api/v1/licenses/{}",
+        covered["licenses"][0]["identifier"].as_str().unwrap()
+    );
+    for base in &bases {
+        assert_eq!(get_on(&w, base, &token, &path).await.0, 200);
+    }
+    // Until the node's set changes, reads on `base` answer `status` (within 3 s).
+    let settle = |base: String, status: u16| {
+        let (w, token, path) = (&w, token.clone(), path.clone());
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+            loop {
+                let (s, b) = get_on(w, &base, &token, &path).await;
+                if s == status {
+                    return;
+                }
+                assert!(std::time::Instant::now() < deadline, "{base}: {s} {b}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+
+    // An operator adds a prohibition to the first node's files and reloads it there:
+    // the other nodes, whose own files lack it, apply it too.
+    std::fs::write(
+        policies.path().join("pause.cedar"),
+        "@id(\"pause-account-opening\")\n\
+         forbid (principal, action == Licensegate::Action::\"retrieve\", resource)\n\
+         when { context.purpose == \"account_opening\" };\n",
+    )
+    .unwrap();
+    let res =
+        w.s.post_json(&w.op, "/admin/v1/policies/reload", &json!({}))
+            .await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    for base in &bases {
+        settle(base.clone(), 403).await;
+    }
+    let (_, refused) = get_on(&w, &bases[2], &token, &path).await;
+    assert!(
+        refused.to_string().contains("pause-account-opening"),
+        "{refused}"
+    );
+    // A node started now puts the published set in force from its first request.
+    let late = spawn_server(&node_args(&w), &[], false).await;
+    assert_eq!(get_on(&w, &late.1, &token, &path).await.0, 403);
+    stop_nodes(vec![late]);
+
+    // Reloaded on the third node from its own (shipped) files: allowed everywhere again.
+    let res =
+        w.s.http
+            .post(format!("{}/admin/v1/policies/reload", bases[2]))
+            .bearer_auth(&w.op)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(res.status(), 200);
+    for base in &bases {
+        settle(base.clone(), 200).await;
+    }
+    stop_nodes(nodes);
+    w.s.stop().await;
+}

@@ -43,15 +43,30 @@ pub struct PolicyEngine {
     /// SHA-256 (hex) over the schema and the policy files, names and texts:
     /// nodes that print the same digest decide alike.
     digest: String,
+    /// The schema and the policy files it was built from: (name, text).
+    sources: Option<PolicySources>,
+}
+
+/// A schema and policy files as text, to publish to other nodes.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PolicySources {
+    /// (file name, text) of the schema.
+    pub schema: (String, String),
+    /// (file name, text) of each policy file.
+    pub policies: Vec<(String, String)>,
+}
+
+fn file_name(name: &str) -> String {
+    std::path::Path::new(name)
+        .file_name()
+        .map_or_else(|| name.to_owned(), |n| n.to_string_lossy().into_owned())
 }
 
 /// SHA-256 over each (file name, text) in order, lengths included.
 fn set_digest(parts: &[(&str, &str)]) -> String {
     let mut all = Vec::new();
     for (name, text) in parts {
-        let name = std::path::Path::new(name)
-            .file_name()
-            .map_or_else(|| name.to_string(), |n| n.to_string_lossy().into_owned());
+        let name = file_name(name);
         for piece in [name.as_bytes(), text.as_bytes()] {
             all.extend_from_slice(&(piece.len() as u64).to_be_bytes());
             all.extend_from_slice(piece);
@@ -190,6 +205,13 @@ impl PolicyEngine {
             authorizer: Authorizer::new(),
             origin,
             digest: set_digest(&parts),
+            sources: Some(PolicySources {
+                schema: (file_name(schema_name), schema_text.to_owned()),
+                policies: files
+                    .iter()
+                    .map(|(n, t)| (file_name(n), t.clone()))
+                    .collect(),
+            }),
         })
     }
 
@@ -206,7 +228,18 @@ impl PolicyEngine {
             authorizer: Authorizer::new(),
             origin: HashMap::new(),
             digest: set_digest(&[]),
+            sources: None,
         })
+    }
+
+    /// Builds the engine from published sources.
+    pub fn from_sources(sources: &PolicySources) -> Result<Self, PolicyError> {
+        Self::from_texts((&sources.schema.0, &sources.schema.1), &sources.policies)
+    }
+
+    /// The files this engine was built from (none for the deny-all engine).
+    pub fn sources(&self) -> Option<&PolicySources> {
+        self.sources.as_ref()
     }
 
     /// SHA-256 (hex) of the schema and policy files this engine was built from.
@@ -351,6 +384,8 @@ impl PolicyEngine {
 pub struct Policies {
     dir: PathBuf,
     current: RwLock<Arc<PolicyEngine>>,
+    /// The published generation in force (0: the node's own files, none published yet).
+    generation: std::sync::atomic::AtomicI64,
 }
 
 impl Policies {
@@ -359,6 +394,7 @@ impl Policies {
         Ok(Policies {
             dir: dir.to_path_buf(),
             current: RwLock::new(Arc::new(PolicyEngine::load(dir)?)),
+            generation: Default::default(),
         })
     }
 
@@ -367,6 +403,7 @@ impl Policies {
         Ok(Policies {
             dir: dir.to_path_buf(),
             current: RwLock::new(Arc::new(PolicyEngine::deny_all()?)),
+            generation: Default::default(),
         })
     }
 
@@ -382,11 +419,27 @@ impl Policies {
     pub fn reload(&self) -> Result<usize, PolicyError> {
         let engine = Arc::new(PolicyEngine::load(&self.dir)?);
         let n = engine.len();
+        self.replace(engine);
+        Ok(n)
+    }
+
+    /// Puts `engine` in force.
+    pub fn replace(&self, engine: Arc<PolicyEngine>) {
         match self.current.write() {
             Ok(mut g) => *g = engine,
             Err(poisoned) => *poisoned.into_inner() = engine,
         }
-        Ok(n)
+    }
+
+    /// The published generation in force (0 before any).
+    pub fn generation(&self) -> i64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Notes the published generation now in force.
+    pub fn set_generation(&self, generation: i64) {
+        self.generation
+            .store(generation, std::sync::atomic::Ordering::Release);
     }
 
     /// The directory the policies come from.

@@ -20,6 +20,7 @@ pub mod entities;
 pub mod licenses;
 pub mod notify;
 pub mod objections;
+pub mod policies;
 
 use std::time::Duration;
 
