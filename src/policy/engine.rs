@@ -40,8 +40,8 @@ pub struct PolicyEngine {
     authorizer: Authorizer,
     /// Policy id → file it came from.
     origin: HashMap<String, String>,
-    /// SHA-256 (hex) over the schema and the policy files, names and texts:
-    /// nodes that print the same digest decide alike.
+    /// [`PolicySources::digest`] of `sources`, computed once: nodes that print
+    /// the same digest decide alike.
     digest: String,
     /// The schema and the policy files it was built from: (name, text).
     sources: Option<PolicySources>,
@@ -63,16 +63,22 @@ fn file_name(name: &str) -> String {
 }
 
 /// SHA-256 over each (file name, text) in order, lengths included.
-fn set_digest(parts: &[(&str, &str)]) -> String {
+fn digest_of<'a>(parts: impl Iterator<Item = &'a (String, String)>) -> String {
     let mut all = Vec::new();
     for (name, text) in parts {
-        let name = file_name(name);
         for piece in [name.as_bytes(), text.as_bytes()] {
             all.extend_from_slice(&(piece.len() as u64).to_be_bytes());
             all.extend_from_slice(piece);
         }
     }
     crate::audit::hex(&crate::keys::sha256(all))
+}
+
+impl PolicySources {
+    /// SHA-256 (hex) over the schema and the policy files, names and texts.
+    pub fn digest(&self) -> String {
+        digest_of(std::iter::once(&self.schema).chain(&self.policies))
+    }
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -197,21 +203,20 @@ impl PolicyEngine {
                 message: format!("policy {}: {}", e.policy_id(), diagnostic_message(e, e)),
             });
         }
-        let mut parts = vec![(schema_name, schema_text)];
-        parts.extend(files.iter().map(|(n, t)| (n.as_str(), t.as_str())));
+        let sources = PolicySources {
+            schema: (file_name(schema_name), schema_text.to_owned()),
+            policies: files
+                .iter()
+                .map(|(n, t)| (file_name(n), t.clone()))
+                .collect(),
+        };
         Ok(PolicyEngine {
             schema,
             policies,
             authorizer: Authorizer::new(),
             origin,
-            digest: set_digest(&parts),
-            sources: Some(PolicySources {
-                schema: (file_name(schema_name), schema_text.to_owned()),
-                policies: files
-                    .iter()
-                    .map(|(n, t)| (file_name(n), t.clone()))
-                    .collect(),
-            }),
+            digest: sources.digest(),
+            sources: Some(sources),
         })
     }
 
@@ -227,7 +232,7 @@ impl PolicyEngine {
             policies: PolicySet::new(),
             authorizer: Authorizer::new(),
             origin: HashMap::new(),
-            digest: set_digest(&[]),
+            digest: digest_of(std::iter::empty()),
             sources: None,
         })
     }
