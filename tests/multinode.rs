@@ -61,20 +61,7 @@ async fn revocation_budgets_and_the_chain_hold_across_nodes() {
     assert_eq!((served.len(), refused), (3, 87), "{results:?}");
     let after = actions(&w).await;
     let new = &after[before..];
-    assert_eq!(
-        new.iter()
-            .filter(|(a, _, _)| a == "license.retrieved")
-            .count(),
-        3
-    );
-    assert_eq!(
-        new.iter()
-            .filter(|(a, o, r)| a == "access.denied"
-                && o == "refused"
-                && r.as_deref().is_some_and(|r| r.contains("budget")))
-            .count(),
-        87
-    );
+    assert_eq!(reads_and_budget_refusals(new), (3, 87));
     // Each answer's audit record is the retrieval it names.
     for body in &served {
         let seq = body["audit_seq"].as_i64().unwrap();
@@ -122,17 +109,15 @@ async fn revocation_budgets_and_the_chain_hold_across_nodes() {
         get_on(&w, &bases[2], &access_token(&t3), &path).await.0,
         401
     );
-    let introspection: Value =
-        w.s.http
-            .post(format!("{}/introspect", bases[0]))
-            .basic_auth(&id, Some(&secret))
-            .form(&[("token", access_token(&t3).as_str())])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let (_, introspection) = client_form(
+        &w,
+        &bases[0],
+        "/introspect",
+        &id,
+        &secret,
+        &[("token", access_token(&t3).as_str())],
+    )
+    .await;
     assert_eq!(introspection["active"], false, "{introspection}");
 
     // The entity suspended through the first node: its next read on the others is refused.
@@ -239,17 +224,15 @@ async fn a_key_rotation_reaches_every_node() {
     // ...tokens signed by the old key on any node are still accepted on the others...
     for (i, t) in before.iter().enumerate() {
         let other = &bases[(i + 1) % 3];
-        let res: Value =
-            w.s.http
-                .post(format!("{other}/introspect"))
-                .basic_auth(&id, Some(&secret))
-                .form(&[("token", access_token(t).as_str())])
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+        let (_, res) = client_form(
+            &w,
+            other,
+            "/introspect",
+            &id,
+            &secret,
+            &[("token", access_token(t).as_str())],
+        )
+        .await;
         assert_eq!(res["active"], true, "{other}: {res}");
     }
     // ...and a consent token signed with the new key on one node is served by the others.

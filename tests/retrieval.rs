@@ -482,20 +482,7 @@ async fn the_budget_holds_under_a_race() {
     assert_eq!((ok, refused), (3, 97));
     let after = actions(&w).await;
     let new = &after[before..];
-    assert_eq!(
-        new.iter()
-            .filter(|(a, _, _)| a == "license.retrieved")
-            .count(),
-        3
-    );
-    assert_eq!(
-        new.iter()
-            .filter(|(a, o, r)| a == "access.denied"
-                && o == "refused"
-                && r.as_deref().is_some_and(|r| r.contains("budget")))
-            .count(),
-        97
-    );
+    assert_eq!(reads_and_budget_refusals(new), (3, 97));
     w.s.stop().await;
 }
 

@@ -336,9 +336,21 @@ pub async fn actions(w: &World) -> Vec<(String, String, Option<String>)> {
 }
 
 pub async fn token_form(w: &World, id: &str, secret: &str, form: &[(&str, &str)]) -> (u16, Value) {
+    client_form(w, &w.s.base, "/token", id, secret, form).await
+}
+
+/// A form posted to `path` on the node at `base` with client_secret_basic: status and JSON body.
+pub async fn client_form(
+    w: &World,
+    base: &str,
+    path: &str,
+    id: &str,
+    secret: &str,
+    form: &[(&str, &str)],
+) -> (u16, Value) {
     let res =
         w.s.http
-            .post(w.s.url("/token"))
+            .post(format!("{base}{path}"))
             .basic_auth(id, Some(secret))
             .form(form)
             .send()
@@ -463,16 +475,34 @@ pub fn access_token(t: &Value) -> String {
 
 /// A client_credentials token from the node at `base`.
 pub async fn client_token(w: &World, base: &str, id: &str, secret: &str) -> Value {
-    let res =
-        w.s.http
-            .post(format!("{base}/token"))
-            .basic_auth(id, Some(secret))
-            .form(&[("grant_type", "client_credentials")])
-            .send()
-            .await
-            .unwrap();
-    assert_eq!(res.status(), 200);
-    res.json().await.unwrap()
+    let (status, t) = client_form(
+        w,
+        base,
+        "/token",
+        id,
+        secret,
+        &[("grant_type", "client_credentials")],
+    )
+    .await;
+    assert_eq!(status, 200, "{t}");
+    t
+}
+
+/// Of the audit actions `new`: how many reads were served and how many refused for the budget.
+pub fn reads_and_budget_refusals(new: &[(String, String, Option<String>)]) -> (usize, usize) {
+    let served = new
+        .iter()
+        .filter(|(a, _, _)| a == "license.retrieved")
+        .count();
+    let refused = new
+        .iter()
+        .filter(|(a, o, r)| {
+            a == "access.denied"
+                && o == "refused"
+                && r.as_deref().is_some_and(|r| r.contains("budget"))
+        })
+        .count();
+    (served, refused)
 }
 
 /// A bank whose use list allows `reads` retrievals per consent.
