@@ -121,3 +121,14 @@ pub async fn demo_consent(services: &Services, dir: &std::path::Path) -> DemoCon
         granted,
     }
 }
+
+/// Sends a benchmark request; anything but 200 stops the benchmark with the body.
+pub async fn send_ok(req: reqwest::RequestBuilder) {
+    let res = req.send().await.expect("request");
+    assert_eq!(
+        res.status(),
+        200,
+        "{}",
+        res.text().await.unwrap_or_default()
+    );
+}

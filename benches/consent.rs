@@ -112,24 +112,17 @@ async fn main() {
                 (http.clone(), url.clone(), client_id.clone(), secret.clone());
             async move {
                 let code = format!("code-{i}");
-                let res = http
-                    .post(&url)
-                    .basic_auth(&client_id, Some(&secret))
-                    .form(&[
-                        ("grant_type", "authorization_code"),
-                        ("code", code.as_str()),
-                        ("redirect_uri", redirect),
-                        ("code_verifier", VERIFIER),
-                    ])
-                    .send()
-                    .await
-                    .expect("request");
-                assert_eq!(
-                    res.status(),
-                    200,
-                    "{}",
-                    res.text().await.unwrap_or_default()
-                );
+                send_ok(
+                    http.post(&url)
+                        .basic_auth(&client_id, Some(&secret))
+                        .form(&[
+                            ("grant_type", "authorization_code"),
+                            ("code", code.as_str()),
+                            ("redirect_uri", redirect),
+                            ("code_verifier", VERIFIER),
+                        ]),
+                )
+                .await;
             }
         }
     };
@@ -172,22 +165,15 @@ async fn main() {
         );
         async move {
             let rt = &tokens[i % tokens.len()];
-            let res = http
-                .post(&url)
-                .basic_auth(&client_id, Some(&secret))
-                .form(&[
-                    ("grant_type", "refresh_token"),
-                    ("refresh_token", rt.as_str()),
-                ])
-                .send()
-                .await
-                .expect("request");
-            assert_eq!(
-                res.status(),
-                200,
-                "{}",
-                res.text().await.unwrap_or_default()
-            );
+            send_ok(
+                http.post(&url)
+                    .basic_auth(&client_id, Some(&secret))
+                    .form(&[
+                        ("grant_type", "refresh_token"),
+                        ("refresh_token", rt.as_str()),
+                    ]),
+            )
+            .await;
         }
     };
     let (rate, p50, p99) = load(codes, concurrency, refresh).await;
@@ -218,18 +204,7 @@ async fn main() {
     let retrieve = move |_: usize| {
         let (http, url, token) = (http2.clone(), license_url.clone(), token.clone());
         async move {
-            let res = http
-                .get(&url)
-                .bearer_auth(&token)
-                .send()
-                .await
-                .expect("request");
-            assert_eq!(
-                res.status(),
-                200,
-                "{}",
-                res.text().await.unwrap_or_default()
-            );
+            send_ok(http.get(&url).bearer_auth(&token)).await;
         }
     };
     let (rate, p50, p99) = load(codes, concurrency, retrieve).await;

@@ -23,7 +23,8 @@ use sqlx::Connection;
 mod common;
 use common::*;
 
-async fn fresh_database() -> String {
+/// A fresh database beside the benchmark's PostgreSQL URL: (admin URL, its URL).
+async fn fresh_database() -> (String, String) {
     let admin = std::env::var("LICENSEGATE_BENCH_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     sqlx::any::install_default_drivers();
@@ -36,7 +37,8 @@ async fn fresh_database() -> String {
         .await
         .expect("create database");
     let (prefix, _) = admin.rsplit_once('/').expect("database URL");
-    format!("{prefix}/{name}")
+    let url = format!("{prefix}/{name}");
+    (admin, url)
 }
 
 fn free_port() -> u16 {
@@ -98,7 +100,7 @@ async fn main() {
     let total: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(20_000);
     let concurrency: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(64);
     let max_nodes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
-    let url = fresh_database().await;
+    let (admin, url) = fresh_database().await;
     let dir = tempfile::tempdir().expect("tempdir");
     // The public URL every node answers as (the load balancer's).
     let public = "http://licensegate.bench";
@@ -156,18 +158,7 @@ async fn main() {
         let urls: Vec<String> = bases.iter().map(|b| format!("{b}{path}")).collect();
         // Warm-up: connections, caches, prepared statements.
         for (i, u) in urls.iter().cycle().take(concurrency * n).enumerate() {
-            let res = http
-                .get(u)
-                .bearer_auth(&tokens[i % tokens.len()])
-                .send()
-                .await
-                .expect("warm-up");
-            assert_eq!(
-                res.status(),
-                200,
-                "{}",
-                res.text().await.unwrap_or_default()
-            );
+            send_ok(http.get(u).bearer_auth(&tokens[i % tokens.len()])).await;
         }
         let (http, urls, tokens) = (http.clone(), urls.clone(), tokens.clone());
         let retrieve = move |i: usize| {
@@ -175,13 +166,7 @@ async fn main() {
                 .get(&urls[i % urls.len()])
                 .bearer_auth(&tokens[i % tokens.len()]);
             async move {
-                let res = req.send().await.expect("request");
-                assert_eq!(
-                    res.status(),
-                    200,
-                    "{}",
-                    res.text().await.unwrap_or_default()
-                );
+                send_ok(req).await;
             }
         };
         let (rate, p50, p99) = load(total, concurrency, retrieve).await;
@@ -191,8 +176,6 @@ async fn main() {
     services.store.close().await;
     drop(app);
     // The benchmark's database goes too.
-    let admin = std::env::var("LICENSEGATE_BENCH_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     if let Ok(mut conn) = sqlx::AnyConnection::connect(&admin).await {
         let name = url.rsplit('/').next().unwrap_or_default();
         let _ = sqlx::query(&format!("DROP DATABASE {name}"))
