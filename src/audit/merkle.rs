@@ -13,10 +13,12 @@ pub type Hash = [u8; 32];
 
 /// RFC 9162 leaf hash of `data`.
 pub fn leaf_hash(data: &[u8]) -> Hash {
-    let mut buf = Vec::with_capacity(1 + data.len());
-    buf.push(0);
-    buf.extend_from_slice(data);
-    sha256(buf)
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(&[0]);
+    ctx.update(data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
 }
 
 /// RFC 9162 interior node hash.

@@ -263,44 +263,106 @@ pub struct AuditRecord {
 
 /// Lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    ::hex::encode(bytes)
 }
 
-/// Parses lowercase or uppercase hex into 32 bytes.
+/// Value of each hex digit; 0xFF for any other byte.
+const HEX_DIGITS: [u8; 256] = {
+    let mut t = [0xFF; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Parses lowercase or uppercase hex into 32 bytes. (By table: verification
+/// parses two of these per record.)
 pub fn unhex32(s: &str) -> Option<Hash> {
-    if s.len() != 64 {
-        return None;
-    }
+    let digits: &[u8; 64] = s.as_bytes().try_into().ok()?;
     let mut out = [0u8; 32];
-    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
-        let pair = std::str::from_utf8(chunk).ok()?;
-        out[i] = u8::from_str_radix(pair, 16).ok()?;
+    let mut bad = 0u8;
+    for (o, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        let (hi, lo) = (HEX_DIGITS[pair[0] as usize], HEX_DIGITS[pair[1] as usize]);
+        bad |= hi | lo;
+        *o = (hi << 4) | (lo & 0x0F);
     }
-    Some(out)
+    (bad & 0xF0 == 0).then_some(out)
 }
 
 impl AuditRecord {
+    /// The record's fields, borrowed.
+    pub fn view(&self) -> RecordRef<'_> {
+        RecordRef {
+            seq: self.seq,
+            fields: [
+                Some(&self.time),
+                Some(&self.actor_kind),
+                Some(&self.actor_id),
+                Some(&self.action),
+                Some(&self.outcome),
+                self.holder.as_deref(),
+                self.license.as_deref(),
+                self.license_type.as_deref(),
+                self.consent.as_deref(),
+                self.purpose.as_deref(),
+                self.reason.as_deref(),
+                self.request_id.as_deref(),
+                self.client_addr.as_deref(),
+            ],
+            prev_hash: &self.prev_hash,
+            hash: &self.hash,
+        }
+    }
+
     /// The canonical encoding of the record's content (see the module docs).
     pub fn encode(&self) -> Vec<u8> {
-        let seq = self.seq.to_string();
-        let fields: [Option<&str>; 14] = [
-            Some(&seq),
-            Some(&self.time),
-            Some(&self.actor_kind),
-            Some(&self.actor_id),
-            Some(&self.action),
-            Some(&self.outcome),
-            self.holder.as_deref(),
-            self.license.as_deref(),
-            self.license_type.as_deref(),
-            self.consent.as_deref(),
-            self.purpose.as_deref(),
-            self.reason.as_deref(),
-            self.request_id.as_deref(),
-            self.client_addr.as_deref(),
-        ];
         let mut out = Vec::with_capacity(256);
-        for f in fields {
+        self.view().encode_into(&mut out);
+        out
+    }
+
+    /// The hash this record must have after `prev`.
+    pub fn compute_hash(&self, prev: &Hash) -> Hash {
+        self.view().compute_hash(prev, &mut Vec::with_capacity(320))
+    }
+}
+
+/// A record's content borrowed from wherever it was read (a row, a page of
+/// the database, a line of an export): what is hashed and chained.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordRef<'a> {
+    /// Sequence number.
+    pub seq: i64,
+    /// The other hashed fields in canonical order: `time`, `actor_kind`,
+    /// `actor_id`, `action`, `outcome`, `holder`, `license`, `license_type`,
+    /// `consent`, `purpose`, `reason`, `request_id`, `client_addr`.
+    pub fields: [Option<&'a str>; 13],
+    /// The previous record's hash as stored (hex).
+    pub prev_hash: &'a str,
+    /// This record's hash as stored (hex).
+    pub hash: &'a str,
+}
+
+impl RecordRef<'_> {
+    /// Appends the canonical encoding (see the module docs) to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        // seq is a present field like the others: 0x00, length, decimal digits.
+        out.push(0);
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        let _ = write!(out, "{}", self.seq); // writing to a Vec cannot fail
+        let len = (out.len() - at - 4) as u32;
+        out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        for f in self.fields {
             match f {
                 None => out.push(0xFF),
                 Some(s) => {
@@ -310,16 +372,15 @@ impl AuditRecord {
                 }
             }
         }
-        out
     }
 
-    /// The hash this record must have after `prev`.
-    pub fn compute_hash(&self, prev: &Hash) -> Hash {
-        let enc = self.encode();
-        let mut buf = Vec::with_capacity(32 + enc.len());
-        buf.extend_from_slice(prev);
-        buf.extend_from_slice(&enc);
-        sha256(buf)
+    /// The hash this record must have after `prev`; `scratch` is reused
+    /// between calls (verification hashes every record).
+    pub fn compute_hash(&self, prev: &Hash, scratch: &mut Vec<u8>) -> Hash {
+        scratch.clear();
+        scratch.extend_from_slice(prev);
+        self.encode_into(scratch);
+        sha256(&scratch[..])
     }
 }
 
@@ -643,6 +704,50 @@ mod tests {
     }
 
     #[test]
+    fn encoding_is_the_documented_one() {
+        let mut r = record();
+        r.seq = 1234567;
+        let mut expected = Vec::new();
+        for f in [
+            Some("1234567"),
+            Some("2026-01-01T00:00:00.000000Z"),
+            Some("issuer"),
+            Some("iss_1"),
+            Some("license.published"),
+            Some("success"),
+            Some("h_1"),
+            None,
+            Some("JMSFZ"),
+            None,
+            None,
+            None,
+            None,
+            None,
+        ] {
+            match f {
+                None => expected.push(0xFF),
+                Some(s) => {
+                    expected.push(0);
+                    expected.extend_from_slice(&(s.len() as u32).to_be_bytes());
+                    expected.extend_from_slice(s.as_bytes());
+                }
+            }
+        }
+        assert_eq!(r.encode(), expected);
+        let prev = [7u8; 32];
+        assert_eq!(
+            r.compute_hash(&prev),
+            sha256([&prev[..], &expected[..]].concat())
+        );
+        // The same record read elsewhere (a page, an export line) hashes the same.
+        let mut scratch = b"left over".to_vec();
+        assert_eq!(
+            r.view().compute_hash(&prev, &mut scratch),
+            r.compute_hash(&prev)
+        );
+    }
+
+    #[test]
     fn encoding_distinguishes_absent_empty_and_shifted_fields() {
         let a = record();
         let mut b = record();
@@ -654,5 +759,22 @@ mod tests {
         assert_ne!(a.encode(), c.encode());
         assert_ne!(a.compute_hash(&[0; 32]), a.compute_hash(&[1; 32]));
         assert_eq!(unhex32(&hex(&[0xab; 32])), Some([0xab; 32]));
+    }
+
+    #[test]
+    fn hex_round_trips_and_refuses_anything_else() {
+        let bytes: Hash = std::array::from_fn(|i| (i * 37 + 5) as u8);
+        let text = hex(&bytes);
+        assert_eq!(text.len(), 64);
+        assert_eq!(unhex32(&text), Some(bytes));
+        assert_eq!(unhex32(&text.to_uppercase()), Some(bytes));
+        assert_eq!(unhex32(&text[..62]), None);
+        assert_eq!(unhex32(&format!("{text}00")), None);
+        for bad in ['g', 'G', ' ', '-', '\0', 'é'] {
+            let mut t = text[..63].to_owned();
+            t.insert(10, bad);
+            t.truncate(64);
+            assert_eq!(unhex32(&t), None, "{bad:?}");
+        }
     }
 }

@@ -2,15 +2,16 @@
 //! and every checkpoint's root and signature. Works on the database or on an
 //! exported JSONL file without any database, one record at a time.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::io::BufRead;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
 use super::checkpoint::Checkpoint;
 use super::merkle::{leaf_hash, Frontier, Hash};
-use super::{hex, unhex32, AuditRecord};
+use super::{hex, unhex32, AuditRecord, RecordRef};
 use crate::error::{Error, Result};
 use crate::store::Store;
 
@@ -69,6 +70,13 @@ impl Verifier {
 
     /// Checks the next record.
     pub fn push(&mut self, r: &AuditRecord) {
+        let checked = Checked::new(r.view(), &mut Vec::with_capacity(320));
+        self.push_checked(checked);
+    }
+
+    /// Checks the next record, whose own content was checked already (see
+    /// [`Checked`]): its place in the sequence, the chain and the checkpoints.
+    pub fn push_checked(&mut self, r: Checked) {
         if self.failed() {
             return;
         }
@@ -91,7 +99,7 @@ impl Verifier {
                 ),
             );
         }
-        let (stored, prev) = match own_hashes(r) {
+        let (stored, prev) = match r.own {
             Ok(h) => h,
             Err(why) => return self.fail(r.seq, why),
         };
@@ -152,22 +160,150 @@ impl Verifier {
     }
 }
 
-/// A record's own hash and its predecessor's, once its content is checked
-/// against its hash; otherwise why it is changed.
-fn own_hashes(r: &AuditRecord) -> std::result::Result<(Hash, Hash), String> {
-    let (Some(stored), Some(prev)) = (unhex32(&r.hash), unhex32(&r.prev_hash)) else {
-        return Err(format!(
-            "record {} is changed: its hashes are malformed",
-            r.seq
-        ));
-    };
-    if r.compute_hash(&prev) != stored {
-        return Err(format!(
-            "record {} is changed: its content does not match its hash",
-            r.seq
-        ));
+/// What can be checked of a record on its own, without the records before
+/// it: so verification hashes many records at once, on every core, and then
+/// chains them in order ([`Verifier::push_checked`]).
+#[derive(Debug)]
+pub struct Checked {
+    seq: i64,
+    /// Its own hash and its predecessor's, once its content matched its
+    /// hash; otherwise why it is changed.
+    own: std::result::Result<(Hash, Hash), String>,
+}
+
+impl Checked {
+    /// Checks `r`'s content against its hash; `scratch` is reused between calls.
+    pub fn new(r: RecordRef<'_>, scratch: &mut Vec<u8>) -> Self {
+        let own = match (unhex32(r.hash), unhex32(r.prev_hash)) {
+            (Some(stored), Some(prev)) if r.compute_hash(&prev, scratch) == stored => {
+                Ok((stored, prev))
+            }
+            (Some(_), Some(_)) => Err(format!(
+                "record {} is changed: its content does not match its hash",
+                r.seq
+            )),
+            _ => Err(format!(
+                "record {} is changed: its hashes are malformed",
+                r.seq
+            )),
+        };
+        Checked { seq: r.seq, own }
     }
-    Ok((stored, prev))
+}
+
+/// `f` over `items` in order, spread over the machine's cores.
+fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T, &mut Vec<u8>) -> R + Sync) -> Vec<R> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let run = |part: &[T]| {
+        let mut scratch = Vec::with_capacity(320);
+        part.iter().map(|i| f(i, &mut scratch)).collect::<Vec<R>>()
+    };
+    if cores < 2 || items.len() < 2048 {
+        return run(items);
+    }
+    let mut parts = items.chunks(items.len().div_ceil(cores.min(8)));
+    let first = parts.next().unwrap_or_default();
+    std::thread::scope(|scope| {
+        let others: Vec<_> = parts.map(|p| scope.spawn(move || run(p))).collect();
+        let mut out = run(first);
+        for h in others {
+            out.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+        }
+        out
+    })
+}
+
+/// Text read from JSON: borrowed from the input unless it had escapes.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Cow<'de, str>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> std::result::Result<Self::Value, E> {
+                Ok(Cow::Borrowed(v))
+            }
+            fn visit_str<E>(self, v: &str) -> std::result::Result<Self::Value, E> {
+                Ok(Cow::Owned(v.to_owned()))
+            }
+            fn visit_string<E>(self, v: String) -> std::result::Result<Self::Value, E> {
+                Ok(Cow::Owned(v))
+            }
+        }
+        d.deserialize_str(Visitor).map(Text)
+    }
+}
+
+/// A record as read for verification (a JSON array in the database's column
+/// order, or an export line's object), borrowing its text: the same fields
+/// as [`AuditRecord`] without an allocation for each.
+#[derive(Deserialize)]
+struct RecordText<'a> {
+    seq: i64,
+    #[serde(borrow)]
+    time: Text<'a>,
+    #[serde(borrow)]
+    actor_kind: Text<'a>,
+    #[serde(borrow)]
+    actor_id: Text<'a>,
+    #[serde(borrow)]
+    action: Text<'a>,
+    #[serde(borrow)]
+    outcome: Text<'a>,
+    #[serde(borrow)]
+    holder: Option<Text<'a>>,
+    #[serde(borrow)]
+    license: Option<Text<'a>>,
+    #[serde(borrow)]
+    license_type: Option<Text<'a>>,
+    #[serde(borrow)]
+    consent: Option<Text<'a>>,
+    #[serde(borrow)]
+    purpose: Option<Text<'a>>,
+    #[serde(borrow)]
+    reason: Option<Text<'a>>,
+    #[serde(borrow)]
+    request_id: Option<Text<'a>>,
+    #[serde(borrow)]
+    client_addr: Option<Text<'a>>,
+    #[serde(borrow)]
+    prev_hash: Text<'a>,
+    #[serde(borrow)]
+    hash: Text<'a>,
+}
+
+fn opt_text<'a>(t: &'a Option<Text<'_>>) -> Option<&'a str> {
+    t.as_ref().map(|t| &*t.0)
+}
+
+impl RecordText<'_> {
+    fn view(&self) -> RecordRef<'_> {
+        let opt = opt_text;
+        RecordRef {
+            seq: self.seq,
+            fields: [
+                Some(&self.time.0),
+                Some(&self.actor_kind.0),
+                Some(&self.actor_id.0),
+                Some(&self.action.0),
+                Some(&self.outcome.0),
+                opt(&self.holder),
+                opt(&self.license),
+                opt(&self.license_type),
+                opt(&self.consent),
+                opt(&self.purpose),
+                opt(&self.reason),
+                opt(&self.request_id),
+                opt(&self.client_addr),
+            ],
+            prev_hash: &self.prev_hash.0,
+            hash: &self.hash.0,
+        }
+    }
 }
 
 /// Why a checkpoint's signature does not verify with `keys`, if it does not.
@@ -191,25 +327,30 @@ pub async fn verify_store(
     checkpoints: Vec<Checkpoint>,
     keys: HashMap<String, Vec<u8>>,
 ) -> Result<VerifyReport> {
-    const PAGE: i64 = 20_000;
+    const PAGE: i64 = 10_000;
     let head = store.audit_head().await?;
     let fetch = |after: i64| {
         let store = store.clone();
         tokio::spawn(async move { store.audit_page_json(after, after + PAGE).await })
     };
+    // Windows are contiguous, so the next ones are read (on other
+    // connections) while this one is checked.
+    const AHEAD: i64 = 3;
+    let window = |from: i64| -> std::collections::VecDeque<_> {
+        (0..AHEAD).map(|k| fetch(from + k * PAGE)).collect()
+    };
     let mut v = Verifier::new(checkpoints, keys);
     let mut after = 0;
-    let mut pending = fetch(after);
-    loop {
-        let text = pending.await.map_err(Error::internal)??;
-        // Windows are contiguous, so the next one can be fetched while this one is checked.
-        let upcoming = fetch(after + PAGE);
+    let mut pending = window(after);
+    while let Some(next) = pending.pop_front() {
+        let text = next.await.map_err(Error::internal)??;
+        pending.push_back(fetch(after + AHEAD * PAGE));
         let page;
         (v, page) = tokio::task::spawn_blocking(move || {
-            let page = crate::store::audit::decode_page_json(&text);
+            let page = serde_json::from_str::<Vec<RecordText>>(&text).map_err(Error::internal);
             if let Ok(records) = &page {
-                for r in records {
-                    v.push(r);
+                for r in par_map(records, |r, scratch| Checked::new(r.view(), scratch)) {
+                    v.push_checked(r);
                     if v.failed() {
                         break;
                     }
@@ -221,6 +362,7 @@ pub async fn verify_store(
         .map_err(Error::internal)?;
         let Some(last) = page? else {
             // Nothing in this window: records further on would be ones nobody chained.
+            pending.drain(..).for_each(|p| p.abort());
             let beyond = store
                 .audit_records(
                     &crate::store::audit::AuditFilter {
@@ -230,21 +372,16 @@ pub async fn verify_store(
                     1,
                 )
                 .await?;
-            upcoming.abort();
-            match beyond.first() {
-                Some(r) => {
-                    after = r.seq - 1;
-                    pending = fetch(after);
-                    continue;
-                }
-                None => break,
+            if let Some(r) = beyond.first() {
+                after = r.seq - 1;
+                pending = window(after);
             }
+            continue;
         };
         debug_assert!(last <= after + PAGE);
         after += PAGE;
-        pending = upcoming;
         if v.failed() {
-            break;
+            pending.drain(..).for_each(|p| p.abort());
         }
     }
     let report = v.finish(crate::store::timestamp(crate::store::now()));
@@ -341,35 +478,78 @@ pub fn verify_file(
     }
     let mut checkpoints = Vec::new();
     let mut verifier: Option<Verifier> = None;
-    for (i, line) in lines {
-        let line =
-            line.map_err(|e| Error::BadRequest(format!("cannot read line {}: {e}", i + 1)))?;
-        if line.trim().is_empty() {
-            continue;
+    // Lines are read a chunk at a time, parsed and hashed on every core, then
+    // chained in order.
+    const CHUNK: usize = 16_384;
+    let mut chunk: Vec<(usize, String)> = Vec::with_capacity(CHUNK);
+    'chunks: loop {
+        chunk.clear();
+        for (i, line) in lines.by_ref().take(CHUNK) {
+            let line =
+                line.map_err(|e| Error::BadRequest(format!("cannot read line {}: {e}", i + 1)))?;
+            chunk.push((i + 1, line));
         }
-        let parsed: ExportLine = serde_json::from_str(&line)
-            .map_err(|e| Error::BadRequest(format!("line {} is not an export line: {e}", i + 1)))?;
-        match parsed {
-            ExportLine::Checkpoint(c) if verifier.is_none() => checkpoints.push(c),
-            ExportLine::Checkpoint(_) | ExportLine::Header(_) | ExportLine::Inclusion { .. } => {
-                return Err(Error::BadRequest(format!(
-                    "line {}: unexpected line in the export",
-                    i + 1
-                )))
-            }
-            ExportLine::Record(r) => {
-                let v = verifier.get_or_insert_with(|| {
-                    Verifier::new(std::mem::take(&mut checkpoints), keys.clone())
-                });
-                v.push(&r);
-                if v.failed() {
-                    break;
+        if chunk.is_empty() {
+            break;
+        }
+        let parsed = par_map(&chunk, |(_, line), scratch| parse_line(line, scratch));
+        for ((n, _), parsed) in chunk.iter().zip(parsed) {
+            match parsed {
+                Line::Blank => {}
+                Line::Bad(e) => {
+                    return Err(Error::BadRequest(format!(
+                        "line {n} is not an export line: {e}"
+                    )))
+                }
+                Line::Other(line) => match *line {
+                    ExportLine::Checkpoint(c) if verifier.is_none() => checkpoints.push(c),
+                    _ => {
+                        return Err(Error::BadRequest(format!(
+                            "line {n}: unexpected line in the export"
+                        )))
+                    }
+                },
+                Line::Record(r) => {
+                    let v = verifier.get_or_insert_with(|| {
+                        Verifier::new(std::mem::take(&mut checkpoints), keys.clone())
+                    });
+                    v.push_checked(r);
+                    if v.failed() {
+                        break 'chunks;
+                    }
                 }
             }
         }
     }
     let v = verifier.unwrap_or_else(|| Verifier::new(checkpoints, keys));
     Ok(v.finish(crate::store::timestamp(crate::store::now())))
+}
+
+/// One line of a complete export, parsed and, if a record, checked on its own.
+enum Line {
+    Blank,
+    Record(Checked),
+    /// Not a record (rare: the header and checkpoints come first).
+    Other(Box<ExportLine>),
+    Bad(String),
+}
+
+fn parse_line(line: &str, scratch: &mut Vec<u8>) -> Line {
+    if line.trim().is_empty() {
+        return Line::Blank;
+    }
+    // The exporter writes the tag first: such a line is read without
+    // buffering it as a generic enum would (the other fields are the record's).
+    if line.starts_with(r#"{"type":"record","#) {
+        if let Ok(r) = serde_json::from_str::<RecordText>(line) {
+            return Line::Record(Checked::new(r.view(), scratch));
+        }
+    }
+    match serde_json::from_str::<ExportLine>(line) {
+        Ok(ExportLine::Record(r)) => Line::Record(Checked::new(r.view(), scratch)),
+        Ok(other) => Line::Other(Box::new(other)),
+        Err(e) => Line::Bad(e.to_string()),
+    }
 }
 
 /// Verifies a filtered export: every record's own hash, and its inclusion
@@ -406,7 +586,7 @@ fn verify_filtered(
                     v.fail(r.seq, format!("record {} is reordered or repeated", r.seq));
                     break;
                 }
-                match own_hashes(&r) {
+                match Checked::new(r.view(), &mut Vec::new()).own {
                     Ok((stored, _)) => {
                         last_seq = r.seq;
                         pending = Some((r, stored));
@@ -463,4 +643,122 @@ fn verify_filtered(
     report.records = records;
     report.checkpoints = checkpoints.len() as i64;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A valid chain of `n` records, some with text that JSON escapes.
+    fn chain(n: i64) -> Vec<AuditRecord> {
+        let mut prev = [0u8; 32];
+        (1..=n)
+            .map(|seq| {
+                let mut r = AuditRecord {
+                    seq,
+                    time: "2026-12-01T00:00:00.000000Z".into(),
+                    actor_kind: "entity".into(),
+                    actor_id: format!("ent_{}", seq % 7),
+                    action: "license.retrieved".into(),
+                    outcome: "success".into(),
+                    holder: Some(format!("h_{seq}")),
+                    license: None,
+                    license_type: Some("JMSFZ".into()),
+                    consent: None,
+                    purpose: (seq % 3 == 0).then(|| "开户 \"quoted\"\n\\ tab\t".to_owned()),
+                    reason: Some(format!("permit: policy p{seq}")),
+                    request_id: None,
+                    client_addr: Some("127.0.0.1".into()),
+                    prev_hash: hex(&prev),
+                    hash: String::new(),
+                };
+                prev = r.compute_hash(&prev);
+                r.hash = hex(&prev);
+                r
+            })
+            .collect()
+    }
+
+    fn export(records: &[AuditRecord]) -> String {
+        let header = ExportLine::Header(ExportHeader {
+            format: "licensegate-audit-export/v1".into(),
+            origin: "test".into(),
+            exported_at: "2026-12-01T00:00:00Z".into(),
+            complete: true,
+            jwks: serde_json::json!({ "keys": [] }),
+        });
+        std::iter::once(header)
+            .chain(records.iter().cloned().map(ExportLine::Record))
+            .map(|l| serde_json::to_string(&l).expect("line") + "\n")
+            .collect()
+    }
+
+    fn verify(text: &str) -> VerifyReport {
+        verify_file(std::io::Cursor::new(text), None).expect("verify")
+    }
+
+    #[test]
+    fn a_file_verifies_across_chunks_and_cores_and_names_the_first_bad_record() {
+        // More records than one chunk, so chunks and threads meet in the middle.
+        let records = chain(40_000);
+        let report = verify(&export(&records));
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.records, 40_000);
+
+        let mut changed = records.clone();
+        changed[20_999].purpose = Some("其他 \"用途\"".into());
+        let report = verify(&export(&changed));
+        assert_eq!(report.failed_at, Some(21_000), "{report:?}");
+        assert!(report.failure.unwrap_or_default().contains("changed"));
+
+        let mut swapped = records.clone();
+        swapped.swap(16_383, 16_384); // across the first chunk's end
+        let report = verify(&export(&swapped));
+        assert_eq!(report.failed_at, Some(16_384), "{report:?}");
+
+        let mut missing = records;
+        missing.remove(30_000);
+        let report = verify(&export(&missing));
+        assert_eq!(report.failed_at, Some(30_001), "{report:?}");
+        assert!(report.failure.unwrap_or_default().contains("missing"));
+    }
+
+    #[test]
+    fn database_pages_are_read_with_their_escapes() {
+        let records = chain(3);
+        let page = serde_json::to_string(
+            &records
+                .iter()
+                .map(|r| {
+                    serde_json::json!([
+                        r.seq,
+                        r.time,
+                        r.actor_kind,
+                        r.actor_id,
+                        r.action,
+                        r.outcome,
+                        r.holder,
+                        r.license,
+                        r.license_type,
+                        r.consent,
+                        r.purpose,
+                        r.reason,
+                        r.request_id,
+                        r.client_addr,
+                        r.prev_hash,
+                        r.hash
+                    ])
+                })
+                .collect::<Vec<_>>(),
+        )
+        .expect("page");
+        let rows: Vec<RecordText> = serde_json::from_str(&page).expect("rows");
+        let mut v = Verifier::new(Vec::new(), HashMap::new());
+        for (row, r) in rows.iter().zip(&records) {
+            assert_eq!(row.view().fields, r.view().fields);
+            v.push_checked(Checked::new(row.view(), &mut Vec::new()));
+        }
+        let report = v.finish(String::new());
+        assert!(report.ok && report.records == 3, "{report:?}");
+    }
 }

@@ -376,8 +376,10 @@ impl Store {
     pub async fn audit_page_json(&self, after: i64, until: i64) -> Result<String> {
         let sql = match self.backend() {
             super::Backend::Sqlite => format!(
-                "SELECT COALESCE(json_group_array(json(r)), '[]') AS page FROM
-                   (SELECT json_array({COLUMNS}) AS r FROM audit_records WHERE seq > $1 AND seq <= $2 ORDER BY seq)"
+                // json_array in the aggregate itself: passed through a subquery its
+                // result would lose its JSON subtype and be parsed again.
+                "SELECT COALESCE(json_group_array(json_array({COLUMNS})), '[]') AS page FROM
+                   (SELECT {COLUMNS} FROM audit_records WHERE seq > $1 AND seq <= $2 ORDER BY seq)"
             ),
             super::Backend::Postgres => format!(
                 "SELECT COALESCE(json_agg(json_build_array({COLUMNS}) ORDER BY seq), '[]')::text AS page
