@@ -306,7 +306,8 @@ async fn maintenance(services: AppState) {
 }
 
 /// Records indexed per transaction: large sorted batches touch each index
-/// page once for many entries.
+/// page once for many entries (measured on 300,000 records: 4,096 per batch
+/// 49k records/s, 20,000 per batch 160k/s with the longest transaction 205 ms).
 const INDEX_BATCH: i64 = 20_000;
 
 /// Keeps the audit log's holder and license index close behind the log, in

@@ -316,53 +316,51 @@ impl Store {
     /// state row lock makes them take turns.
     pub async fn index_audit_subjects(&self, max: i64) -> Result<i64> {
         let mut tx = self.writer().begin().await?;
-        sqlx::query("UPDATE audit_index_state SET indexed_upto = indexed_upto WHERE id = 1")
-            .execute(&mut *tx)
-            .await?;
+        // The no-op UPDATE takes the state row's lock before reading it.
         let upto: i64 = col(
-            &sqlx::query("SELECT indexed_upto FROM audit_index_state WHERE id = 1")
-                .fetch_one(&mut *tx)
-                .await?,
+            &sqlx::query(
+                "UPDATE audit_index_state SET indexed_upto = indexed_upto WHERE id = 1 RETURNING indexed_upto",
+            )
+            .fetch_one(&mut *tx)
+            .await?,
             "indexed_upto",
         )?;
-        let rows = sqlx::query(
-            "SELECT seq, holder, license FROM audit_records WHERE seq > $1 ORDER BY seq LIMIT $2",
-        )
-        .bind(upto)
-        .bind(max)
-        .fetch_all(&mut *tx)
-        .await?;
-        let Some(last) = rows.last().map(|r| col::<i64>(r, "seq")).transpose()? else {
+        let last: Option<i64> = col(
+            &sqlx::query(
+                "SELECT MAX(seq) AS last FROM (SELECT seq FROM audit_records WHERE seq > $1 ORDER BY seq LIMIT $2) AS w",
+            )
+            .bind(upto)
+            .bind(max)
+            .fetch_one(&mut *tx)
+            .await?,
+            "last",
+        )?;
+        let Some(last) = last else {
             return Ok(0);
         };
-        let mut entries: Vec<(String, i64)> = Vec::with_capacity(rows.len() * 2);
-        for r in &rows {
-            let seq: i64 = col(r, "seq")?;
-            if let Some(h) = col::<Option<String>>(r, "holder")? {
-                entries.push((format!("h:{h}"), seq));
-            }
-            if let Some(l) = col::<Option<String>>(r, "license")? {
-                entries.push((format!("l:{l}"), seq));
-            }
-        }
-        // Sorted, so each batch walks the index once from left to right.
-        entries.sort();
-        let payload = serde_json::to_string(&entries).map_err(Error::internal)?;
-        let sql = match self.backend() {
-            super::Backend::Sqlite => {
-                "INSERT INTO audit_subject_index (subject, seq) SELECT value ->> 0, value ->> 1 FROM json_each($1) WHERE true ON CONFLICT DO NOTHING"
-            }
-            super::Backend::Postgres => {
-                "INSERT INTO audit_subject_index (subject, seq) SELECT r ->> 0, (r ->> 1)::bigint FROM jsonb_array_elements($1::jsonb) AS r ON CONFLICT DO NOTHING"
-            }
-        };
-        sqlx::query(sql).bind(payload).execute(&mut *tx).await?;
+        // Built in the database (nothing crosses the driver), sorted so the
+        // batch walks the index once from left to right.
+        sqlx::query(
+            "INSERT INTO audit_subject_index (subject, seq)
+             SELECT subject, seq FROM (
+                 SELECT 'h:' || holder AS subject, seq FROM audit_records
+                  WHERE seq > $1 AND seq <= $2 AND holder IS NOT NULL
+                 UNION ALL
+                 SELECT 'l:' || license AS subject, seq FROM audit_records
+                  WHERE seq > $1 AND seq <= $2 AND license IS NOT NULL
+             ) AS s WHERE true ORDER BY subject, seq
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(upto)
+        .bind(last)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("UPDATE audit_index_state SET indexed_upto = $1 WHERE id = 1")
             .bind(last)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(rows.len() as i64)
+        Ok(last - upto)
     }
 
     /// Every record with `after < seq <= until`, in order, unfiltered.
