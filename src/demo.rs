@@ -383,7 +383,25 @@ pub fn catalog(units: &[Issuer]) -> Result<Vec<LicenseTypeSpec>> {
     serde_json::from_value(specs).map_err(Error::internal)
 }
 
-/// A demo publication; `holder` is (kind, identifier, name), `validity` (from, until).
+/// The day the demo's validity periods were written against. They are moved
+/// by the days since, so that each demo license keeps its standing (valid,
+/// near its end, expired) on whatever day the demo is loaded, instead of
+/// expiring one by one as the calendar passes their fixed dates.
+const DEMO_EPOCH: time::Date = time::macros::date!(2026 - 11 - 23);
+
+/// `date` (YYYY-MM-DD) moved by the days from [`DEMO_EPOCH`] to `today`.
+fn moved(date: &str, today: time::Date) -> String {
+    let fmt = time::macros::format_description!("[year]-[month]-[day]");
+    let days = (today - DEMO_EPOCH).whole_days();
+    time::Date::parse(date, &fmt)
+        .ok()
+        .and_then(|d| d.checked_add(time::Duration::days(days)))
+        .and_then(|d| d.format(&fmt).ok())
+        .unwrap_or_else(|| date.to_owned())
+}
+
+/// A demo publication; `holder` is (kind, identifier, name), `validity`
+/// (from, until) as of [`DEMO_EPOCH`].
 fn publication(
     license_type: &str,
     holder: (&str, &str, &str),
@@ -392,7 +410,11 @@ fn publication(
     source_ref: String,
 ) -> Result<PublishRequest> {
     let (kind, id, name) = holder;
-    let (from, until) = validity;
+    let today = crate::store::now().date();
+    let (from, until) = (
+        moved(&validity.0, today),
+        validity.1.map(|u| moved(&u, today)),
+    );
     let Value::Object(fields) = fields else {
         return Err(Error::internal("demo fields must be an object"));
     };
@@ -759,4 +781,25 @@ pub async fn load(services: &Services) -> Result<()> {
         issuer.client_secret,
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validity_periods_keep_their_distance_to_today() {
+        let epoch = DEMO_EPOCH;
+        assert_eq!(moved("2026-11-26", epoch), "2026-11-26");
+        let later = time::macros::date!(2031 - 03 - 01);
+        // 3 days after the epoch stays 3 days after today.
+        let moved_until = moved("2026-11-26", later);
+        let parsed = time::Date::parse(
+            &moved_until,
+            &time::macros::format_description!("[year]-[month]-[day]"),
+        )
+        .expect("a date");
+        assert_eq!((parsed - later).whole_days(), 3);
+        assert_eq!(moved("not a date", later), "not a date");
+    }
 }
