@@ -63,8 +63,10 @@ async fn main() {
         .await
         .expect("app");
     let s = &app.services;
-    // As in `serve`: the holder/license index is filled in the background meanwhile.
+    // As in `serve`: the holder/license index is filled in the background
+    // meanwhile, and SQLite's WAL is copied back beside the writer, not by it.
     let indexer = tokio::spawn(licensegate::app::audit_indexer(app.services.clone()));
+    let wal = tokio::spawn(licensegate::app::wal_checkpoints(app.services.clone()));
     println!(
         "audit log benchmark on {} ({} cores)",
         if s.config.is_postgres() {
@@ -83,6 +85,7 @@ async fn main() {
     }
     s.checkpoints.create().await.expect("checkpoint");
     indexer.abort();
+    wal.abort();
 
     let keys = keys_from_jwks(&s.keys.jwks(licensegate::keys::BROKER).await.expect("jwks"));
     let start = Instant::now();

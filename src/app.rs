@@ -324,7 +324,7 @@ pub async fn audit_indexer(services: AppState) {
 }
 
 /// Checkpoints SQLite's WAL every second, beside the writer.
-async fn wal_checkpoints(services: AppState) {
+pub async fn wal_checkpoints(services: AppState) {
     if let Err(e) = services.store.take_over_checkpoints().await {
         tracing::warn!(error = %e, "cannot take over WAL checkpoints; SQLite keeps doing them");
         return;
