@@ -67,26 +67,12 @@ fn csv_cell(out: &mut String, value: Option<&str>) {
 
 fn csv_row(r: &AuditRecord) -> String {
     let seq = r.seq.to_string();
-    let cells: [Option<&str>; 16] = [
-        Some(&seq),
-        Some(&r.time),
-        Some(&r.actor_kind),
-        Some(&r.actor_id),
-        Some(&r.action),
-        Some(&r.outcome),
-        r.holder.as_deref(),
-        r.license.as_deref(),
-        r.license_type.as_deref(),
-        r.consent.as_deref(),
-        r.purpose.as_deref(),
-        r.reason.as_deref(),
-        r.request_id.as_deref(),
-        r.client_addr.as_deref(),
-        Some(&r.prev_hash),
-        Some(&r.hash),
-    ];
+    let v = r.view();
+    let cells = std::iter::once(Some(seq.as_str()))
+        .chain(v.fields)
+        .chain([Some(v.prev_hash), Some(v.hash)]);
     let mut out = String::with_capacity(256);
-    for (i, c) in cells.into_iter().enumerate() {
+    for (i, c) in cells.enumerate() {
         if i > 0 {
             out.push(',');
         }

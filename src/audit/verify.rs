@@ -729,26 +729,7 @@ mod tests {
         let page = serde_json::to_string(
             &records
                 .iter()
-                .map(|r| {
-                    serde_json::json!([
-                        r.seq,
-                        r.time,
-                        r.actor_kind,
-                        r.actor_id,
-                        r.action,
-                        r.outcome,
-                        r.holder,
-                        r.license,
-                        r.license_type,
-                        r.consent,
-                        r.purpose,
-                        r.reason,
-                        r.request_id,
-                        r.client_addr,
-                        r.prev_hash,
-                        r.hash
-                    ])
-                })
+                .map(crate::store::audit::record_json)
                 .collect::<Vec<_>>(),
         )
         .expect("page");

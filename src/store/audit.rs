@@ -186,7 +186,8 @@ pub fn decode_page_json(text: &str) -> Result<Vec<AuditRecord>> {
     Ok(rows.into_iter().map(AuditRecord::from).collect())
 }
 
-fn record_json(r: &AuditRecord) -> serde_json::Value {
+/// A record as a JSON array in [`COLUMNS`] order (how batches are inserted).
+pub(crate) fn record_json(r: &AuditRecord) -> serde_json::Value {
     serde_json::json!([
         r.seq,
         r.time,
