@@ -2,16 +2,15 @@
 //! and every checkpoint's root and signature. Works on the database or on an
 //! exported JSONL file without any database, one record at a time.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::io::BufRead;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::checkpoint::Checkpoint;
 use super::merkle::{leaf_hash, Frontier, Hash};
-use super::{hex, unhex32, AuditRecord, RecordRef};
+use super::{hex, unhex32, AuditRecord, RecordRef, RecordText};
 use crate::error::{Error, Result};
 use crate::store::Store;
 
@@ -41,6 +40,8 @@ pub struct Verifier {
     keys: HashMap<String, Vec<u8>>,
     checked: i64,
     failure: Option<(i64, String)>,
+    /// Reused by [`Verifier::push`] for each record's encoding.
+    scratch: Vec<u8>,
 }
 
 impl Verifier {
@@ -54,6 +55,7 @@ impl Verifier {
             keys,
             checked: 0,
             failure: None,
+            scratch: Vec::new(),
         }
     }
 
@@ -70,7 +72,7 @@ impl Verifier {
 
     /// Checks the next record.
     pub fn push(&mut self, r: &AuditRecord) {
-        let checked = Checked::new(r.view(), &mut Vec::with_capacity(320));
+        let checked = Checked::new(r.view(), &mut self.scratch);
         self.push_checked(checked);
     }
 
@@ -211,99 +213,6 @@ fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T, &mut Vec<u8>) -> R + Sy
         }
         out
     })
-}
-
-/// Text read from JSON: borrowed from the input unless it had escapes.
-struct Text<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = Cow<'de, str>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> std::result::Result<Self::Value, E> {
-                Ok(Cow::Borrowed(v))
-            }
-            fn visit_str<E>(self, v: &str) -> std::result::Result<Self::Value, E> {
-                Ok(Cow::Owned(v.to_owned()))
-            }
-            fn visit_string<E>(self, v: String) -> std::result::Result<Self::Value, E> {
-                Ok(Cow::Owned(v))
-            }
-        }
-        d.deserialize_str(Visitor).map(Text)
-    }
-}
-
-/// A record as read for verification (a JSON array in the database's column
-/// order, or an export line's object), borrowing its text: the same fields
-/// as [`AuditRecord`] without an allocation for each.
-#[derive(Deserialize)]
-struct RecordText<'a> {
-    seq: i64,
-    #[serde(borrow)]
-    time: Text<'a>,
-    #[serde(borrow)]
-    actor_kind: Text<'a>,
-    #[serde(borrow)]
-    actor_id: Text<'a>,
-    #[serde(borrow)]
-    action: Text<'a>,
-    #[serde(borrow)]
-    outcome: Text<'a>,
-    #[serde(borrow)]
-    holder: Option<Text<'a>>,
-    #[serde(borrow)]
-    license: Option<Text<'a>>,
-    #[serde(borrow)]
-    license_type: Option<Text<'a>>,
-    #[serde(borrow)]
-    consent: Option<Text<'a>>,
-    #[serde(borrow)]
-    purpose: Option<Text<'a>>,
-    #[serde(borrow)]
-    reason: Option<Text<'a>>,
-    #[serde(borrow)]
-    request_id: Option<Text<'a>>,
-    #[serde(borrow)]
-    client_addr: Option<Text<'a>>,
-    #[serde(borrow)]
-    prev_hash: Text<'a>,
-    #[serde(borrow)]
-    hash: Text<'a>,
-}
-
-fn opt_text<'a>(t: &'a Option<Text<'_>>) -> Option<&'a str> {
-    t.as_ref().map(|t| &*t.0)
-}
-
-impl RecordText<'_> {
-    fn view(&self) -> RecordRef<'_> {
-        let opt = opt_text;
-        RecordRef {
-            seq: self.seq,
-            fields: [
-                Some(&self.time.0),
-                Some(&self.actor_kind.0),
-                Some(&self.actor_id.0),
-                Some(&self.action.0),
-                Some(&self.outcome.0),
-                opt(&self.holder),
-                opt(&self.license),
-                opt(&self.license_type),
-                opt(&self.consent),
-                opt(&self.purpose),
-                opt(&self.reason),
-                opt(&self.request_id),
-                opt(&self.client_addr),
-            ],
-            prev_hash: &self.prev_hash.0,
-            hash: &self.hash.0,
-        }
-    }
 }
 
 /// Why a checkpoint's signature does not verify with `keys`, if it does not.

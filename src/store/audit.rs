@@ -6,7 +6,7 @@ use sqlx::AnyConnection;
 
 use super::{col, Store};
 use crate::audit::merkle::Frontier;
-use crate::audit::{unhex32, AuditRecord, Head};
+use crate::audit::{unhex32, AuditRecord, Head, RecordText};
 use crate::error::{Error, Result};
 
 /// A signed checkpoint as stored.
@@ -137,53 +137,10 @@ fn insert_sql(sqlite: bool) -> String {
     }
 }
 
-/// A record as a JSON array in [`COLUMNS`] order.
-type RecordTuple = (
-    i64,
-    String,
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    String,
-    String,
-);
-
-impl From<RecordTuple> for AuditRecord {
-    fn from(t: RecordTuple) -> Self {
-        AuditRecord {
-            seq: t.0,
-            time: t.1,
-            actor_kind: t.2,
-            actor_id: t.3,
-            action: t.4,
-            outcome: t.5,
-            holder: t.6,
-            license: t.7,
-            license_type: t.8,
-            consent: t.9,
-            purpose: t.10,
-            reason: t.11,
-            request_id: t.12,
-            client_addr: t.13,
-            prev_hash: t.14,
-            hash: t.15,
-        }
-    }
-}
-
 /// Decodes a page of [`Store::audit_page_json`].
 pub fn decode_page_json(text: &str) -> Result<Vec<AuditRecord>> {
-    let rows: Vec<RecordTuple> = serde_json::from_str(text).map_err(Error::internal)?;
-    Ok(rows.into_iter().map(AuditRecord::from).collect())
+    let rows: Vec<RecordText> = serde_json::from_str(text).map_err(Error::internal)?;
+    Ok(rows.iter().map(|r| AuditRecord::from(r.view())).collect())
 }
 
 /// A record as a JSON array in [`COLUMNS`] order (how batches are inserted).
