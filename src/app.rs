@@ -1,6 +1,7 @@
 //! Builds the application: configuration → store → services → router, and
 //! serves it until SIGTERM or SIGINT.
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -222,12 +223,30 @@ impl App {
         let wal = tokio::spawn(wal_checkpoints(self.services.clone()));
         let notifications = tokio::spawn(crate::notify::worker(self.services.clone()));
         let reminders = tokio::spawn(crate::notify::daily(self.services.clone()));
+        // In-flight requests may finish, within the request timeout (after
+        // which the timeout layer has answered them anyway) and a little more:
+        // a client that keeps a connection open must not keep the node alive.
+        let (stopping, mut stop_requested) = tokio::sync::watch::channel(false);
         let served = axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown)
-        .await;
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stopping.send(true);
+        })
+        .into_future();
+        let grace = Duration::from_secs(self.services.config.request_timeout + 5);
+        let served = tokio::select! {
+            served = served => served,
+            _ = async {
+                let _ = stop_requested.wait_for(|s| *s).await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!(?grace, "in-flight requests did not finish in time; stopping without them");
+                Ok(())
+            }
+        };
         maintenance.abort();
         indexer.abort();
         hangups.abort();
@@ -236,10 +255,20 @@ impl App {
         wal.abort();
         reminders.abort();
         // Sign what the last requests appended, so the whole log is covered.
-        if let Err(e) = self.services.checkpoints.create().await {
-            tracing::warn!(error = %e, "final audit checkpoint failed");
+        // Neither this nor closing the pool (which waits for every connection
+        // to come back) may wait for a database that does not answer.
+        let db_wait = Duration::from_secs(2 * self.services.config.db_timeout);
+        match tokio::time::timeout(db_wait, self.services.checkpoints.create()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "final audit checkpoint failed"),
+            Err(_) => tracing::warn!("final audit checkpoint timed out"),
         }
-        self.services.store.close().await;
+        if tokio::time::timeout(db_wait, self.services.store.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("database connections still busy at shutdown; closed without them");
+        }
         served.map_err(|e| Error::internal(format!("server error: {e}")))
     }
 

@@ -71,7 +71,7 @@ pub struct Settings {
     /// Largest number of database connections [default: 16].
     #[arg(long, env = "LICENSEGATE_DB_MAX_CONNECTIONS", global = true)]
     pub db_max_connections: Option<u32>,
-    /// Seconds a request waits for a database connection before it is answered 503
+    /// Seconds a request waits for a database connection (or, on PostgreSQL, a row lock) before it is answered 503
     /// (the database is down or every connection is busy) [default: 5].
     #[arg(long, env = "LICENSEGATE_DB_TIMEOUT", global = true)]
     pub db_timeout: Option<u64>,

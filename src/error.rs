@@ -151,10 +151,17 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
 
 /// PostgreSQL SQLSTATE classes 08 (connection exception), 53 (insufficient
 /// resources: disk full, out of memory, too many connections) and 57P
-/// (operator intervention: shutdown, crash, cannot connect now); SQLite's
-/// primary result codes SQLITE_IOERR (10), SQLITE_FULL (13) and SQLITE_CANTOPEN (14).
+/// (operator intervention: shutdown, crash, cannot connect now), 55P03 (a lock
+/// not granted within `lock_timeout`) and 57014 (a statement cancelled);
+/// SQLite's primary result codes SQLITE_IOERR (10), SQLITE_FULL (13) and
+/// SQLITE_CANTOPEN (14).
 fn unavailable_code(code: &str) -> bool {
-    if code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") {
+    if code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57P")
+        || code == "55P03"
+        || code == "57014"
+    {
         return true;
     }
     // SQLSTATEs always have five characters; SQLite's (extended) codes fewer.
@@ -330,11 +337,14 @@ mod tests {
     #[test]
     fn unavailable_database_codes() {
         for c in [
-            "08006", "08001", "53100", "53300", "57P01", "57P03", "13", "10", "778", "14",
+            "08006", "08001", "53100", "53300", "57P01", "57P03", "55P03", "57014", "13", "10",
+            "778", "14",
         ] {
             assert!(unavailable_code(c), "{c}");
         }
-        for c in ["23505", "40001", "42P01", "22010", "19", "2067", "5", "1"] {
+        for c in [
+            "23505", "40001", "42P01", "55000", "22010", "19", "2067", "5", "1",
+        ] {
             assert!(!unavailable_code(c), "{c}");
         }
     }

@@ -157,7 +157,7 @@ async fn exec(s: &TestServer, sql: &str) {
 
 // ---- tests --------------------------------------------------------------
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_step_is_recorded_with_its_context() {
     let s = TestServer::start().await;
     let lib = s.setup_library().await;
@@ -349,7 +349,7 @@ async fn every_step_is_recorded_with_its_context() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_database_refuses_changes_to_the_log() {
     let s = TestServer::start().await;
     append(&s, 3).await;
@@ -455,7 +455,7 @@ async fn tampered(scenario: &str) -> (bool, Value, [i64; 2]) {
     (ok, report, sizes)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_detects_a_changed_record() {
     let (ok, r, _) = tampered("change").await;
     assert!(!ok);
@@ -469,7 +469,7 @@ async fn verify_detects_a_changed_record() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_detects_a_deleted_record() {
     let (ok, r, _) = tampered("delete").await;
     assert!(!ok);
@@ -483,7 +483,7 @@ async fn verify_detects_a_deleted_record() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_detects_swapped_records() {
     let (ok, r, _) = tampered("swap").await;
     assert!(!ok);
@@ -491,7 +491,7 @@ async fn verify_detects_swapped_records() {
     assert!(r["failure"].as_str().unwrap().contains("record 7"), "{r}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_detects_a_rewritten_chain_through_the_checkpoints() {
     let (ok, r, [first, _]) = tampered("rewrite-chain").await;
     assert!(!ok);
@@ -508,7 +508,7 @@ async fn verify_detects_a_rewritten_chain_through_the_checkpoints() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_detects_a_forged_checkpoint() {
     let (ok, r, [_, second]) = tampered("forge-checkpoint").await;
     assert!(!ok);
@@ -519,7 +519,7 @@ async fn verify_detects_a_forged_checkpoint() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proofs_verify_independently() {
     let s = TestServer::start().await;
     let regulator = s.regulator_token().await;
@@ -645,7 +645,7 @@ async fn proofs_verify_independently() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_verifies_offline_and_tampering_is_named() {
     let s = TestServer::start().await;
     let regulator = s.regulator_token().await;
@@ -816,7 +816,7 @@ async fn export_verifies_offline_and_tampering_is_named() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_stay_gapless_and_chained() {
     let s = TestServer::start().await;
     let mut tasks = Vec::new();
@@ -854,7 +854,7 @@ async fn concurrent_appends_stay_gapless_and_chained() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holder_and_license_search_spans_the_index_and_its_tail() {
     let s = TestServer::start().await;
     let regulator = s.regulator_token().await;
@@ -936,7 +936,7 @@ async fn holder_and_license_search_spans_the_index_and_its_tail() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn monthly_archive_segments_verify_as_one_chain() {
     let s = TestServer::start().await;
     append(&s, 40).await;

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,7 +11,7 @@ use common::*;
 use serde_json::Value;
 
 struct Node {
-    child: Child,
+    child: ServerProcess,
     base: String,
 }
 
@@ -127,7 +126,7 @@ fn issued_jtis(db: &[String], dir: &std::path::Path) -> Vec<String> {
     jtis
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_loses_no_acknowledged_record() {
     let dir = tempfile::tempdir().unwrap();
     let db = shared_db(dir.path()).await;
@@ -176,7 +175,7 @@ async fn sigkill_under_load_loses_no_acknowledged_record() {
     assert_chain_verifies(&db);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_append_to_one_chain() {
     let dir = tempfile::tempdir().unwrap();
     let db = shared_db(dir.path()).await;

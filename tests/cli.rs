@@ -264,7 +264,7 @@ async fn sigterm_finishes_in_flight_requests() {
     assert_eq!(res.status(), 200);
     let report: Value = res.json().await.unwrap();
     assert_eq!(report["accepted"], 1500, "the whole import finished");
-    let exit = tokio::task::spawn_blocking(move || child.wait_with_output())
+    let exit = tokio::task::spawn_blocking(move || child.into_child().wait_with_output())
         .await
         .unwrap()
         .unwrap();

@@ -34,7 +34,7 @@ async fn decide(s: &TestServer, op: &str, body: Value) -> Value {
     res.json().await.unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn onboarding_use_list_suspension_and_rotation() {
     let (s, op, _) = demo_server().await;
     let uscc = licensegate::demo::uscc("91310000MA1TQTBK0");
@@ -330,7 +330,7 @@ async fn onboarding_use_list_suspension_and_rotation() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decisions_follow_the_license_status() {
     let (s, op, creds) = demo_server().await;
     let bank = creds["clients"]
@@ -418,7 +418,7 @@ async fn decisions_follow_the_license_status() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policies_reload_and_invalid_policies_are_refused() {
     let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     let dir = copy_of_policies();
@@ -524,7 +524,7 @@ async fn policies_reload_and_invalid_policies_are_refused() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_fetched_from_the_jwks_uri_and_refreshed_on_rotation() {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine;
@@ -677,7 +677,7 @@ async fn keys_are_fetched_from_the_jwks_uri_and_refreshed_on_rotation() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_policies_and_is_audited() {
     let policies = copy_of_policies();
     let data = tempfile::tempdir().unwrap();

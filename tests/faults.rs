@@ -29,7 +29,7 @@ async fn reads_left(w: &World, token: &str) -> i64 {
     covered["retrievals_left"].as_i64().unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_retrieval_load_loses_no_read_and_overspends_no_budget() {
     // The first consent runs out during the load; the others are still being read when the node dies.
     const BUDGETS: [i64; 4] = [60, 1000, 1000, 1000];
@@ -176,7 +176,62 @@ impl Relay {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_hangs_holding_the_log_costs_503s_not_a_hang() {
+    if backend() != "postgres" {
+        eprintln!("the lock test needs a database server (LICENSEGATE_TEST_DATABASE=postgres)");
+        return;
+    }
+    let w = world_with(|_| {}).await;
+    let (id, secret) = bank_with_budget(&w, "91310000MA1HANGT0", 10).await;
+    let t = consent_tokens(&w, &id, &secret, &details(Some(30), Some(10))).await;
+    let token = access_token(&t);
+    let (node, base) = spawn_server(&node_args(&w), &["--db-timeout", "2"], false).await;
+    let path = license_path(&w, &base, &token).await;
+
+    // Another node took the log's head and hangs inside its transaction.
+    sqlx::any::install_default_drivers();
+    let mut hung =
+        <sqlx::AnyConnection as sqlx::Connection>::connect(w.s.database_url.as_deref().unwrap())
+            .await
+            .unwrap();
+    sqlx::query("BEGIN").execute(&mut hung).await.unwrap();
+    sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1")
+        .execute(&mut hung)
+        .await
+        .unwrap();
+
+    // A read waits for the lock as long as for a connection, then answers 503.
+    let started = Instant::now();
+    let (status, body) = get_on(&w, &base, &token, &path).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(body["body"].get("fields").is_none(), "{body}");
+    // And the node still stops when asked, though the lock is still held.
+    let stopping = Instant::now();
+    stop_nodes(vec![(node, base)]).await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        stopping.elapsed()
+    );
+    sqlx::query("ROLLBACK").execute(&mut hung).await.unwrap();
+
+    // Nothing was spent or served by the refused read.
+    assert_eq!(reads_left(&w, &token).await, 10);
+    assert!(!actions(&w)
+        .await
+        .iter()
+        .any(|(a, _, _)| a == "license.retrieved"));
+    assert_chain_verifies(&w.s.cli_args());
+    w.s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_outage_fails_fast_with_503_and_recovers() {
     if backend() != "postgres" {
         eprintln!(
@@ -255,7 +310,7 @@ async fn database_outage_fails_fast_with_503_and_recovers() {
         .filter(|(a, _, _)| a == "license.retrieved")
         .count();
     assert_eq!(served, 2);
-    stop_nodes(vec![(node, base)]);
+    stop_nodes(vec![(node, base)]).await;
     assert_chain_verifies(&w.s.cli_args());
     w.s.stop().await;
 }
@@ -286,7 +341,7 @@ async fn fail_writes(w: &World, fail: bool) {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_writes_refuse_rather_than_answer_unaudited() {
     let w = world_with(|_| {}).await;
     let (id, secret) = bank_with_budget(&w, "91310000MA1FWFTB0", 500).await;

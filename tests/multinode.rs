@@ -8,15 +8,13 @@
 
 mod common;
 
-use std::process::Child;
-
 use common::flows::*;
 use common::*;
 use serde_json::{json, Value};
 
 /// Two more nodes on the world's database, answering as the same broker;
 /// returns them and the base URLs of all three (the world's first).
-async fn more_nodes(w: &World, extra: &[&str]) -> (Vec<(Child, String)>, Vec<String>) {
+async fn more_nodes(w: &World, extra: &[&str]) -> (Vec<(ServerProcess, String)>, Vec<String>) {
     let mut nodes = Vec::new();
     for _ in 0..2 {
         nodes.push(spawn_server(&node_args(w), extra, false).await);
@@ -27,7 +25,7 @@ async fn more_nodes(w: &World, extra: &[&str]) -> (Vec<(Child, String)>, Vec<Str
     (nodes, bases)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_budgets_and_the_chain_hold_across_nodes() {
     let w = world_with(|_| {}).await;
     let (nodes, bases) = more_nodes(&w, &[]).await;
@@ -143,7 +141,7 @@ async fn revocation_budgets_and_the_chain_hold_across_nodes() {
     }
 
     // One chain: gapless and verified, with the records of every node.
-    stop_nodes(nodes);
+    stop_nodes(nodes).await;
     let report = assert_chain_verifies(&w.s.cli_args());
     assert!(
         report["records"].as_i64().unwrap() as usize >= after.len(),
@@ -152,7 +150,7 @@ async fn revocation_budgets_and_the_chain_hold_across_nodes() {
     w.s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_rotation_reaches_every_node() {
     let w = world_with(|s| s.key_refresh = Some(1)).await;
     let (nodes, bases) = more_nodes(&w, &["--key-refresh", "1"]).await;
@@ -242,11 +240,11 @@ async fn a_key_rotation_reaches_every_node() {
         let (s, b) = get_on(&w, base, &access_token(&t), "/api/v1/licenses").await;
         assert_eq!(s, 200, "{base}: {b}");
     }
-    stop_nodes(nodes);
+    stop_nodes(nodes).await;
     w.s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_consents_read_on_every_node_at_once() {
     // Group commits of several nodes spend budgets of different consents: they
     // must not lock consent rows in different orders (PostgreSQL would abort
@@ -297,11 +295,11 @@ async fn many_consents_read_on_every_node_at_once() {
         let (_, c) = get_on(&w, &bases[1], token, "/api/v1/licenses").await;
         assert_eq!(c["retrievals_left"], 40, "{c}");
     }
-    stop_nodes(nodes);
+    stop_nodes(nodes).await;
     w.s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_reload_reaches_every_node() {
     let policies = copy_of_policies();
     let dir = policies.path().to_path_buf();
@@ -358,7 +356,7 @@ async fn a_policy_reload_reaches_every_node() {
     // A node started now puts the published set in force from its first request.
     let late = spawn_server(&node_args(&w), &[], false).await;
     assert_eq!(get_on(&w, &late.1, &token, &path).await.0, 403);
-    stop_nodes(vec![late]);
+    stop_nodes(vec![late]).await;
 
     // Reloaded on the third node from its own (shipped) files: allowed everywhere again.
     let res =
@@ -373,6 +371,6 @@ async fn a_policy_reload_reaches_every_node() {
     for base in &bases {
         settle(base.clone(), 200).await;
     }
-    stop_nodes(nodes);
+    stop_nodes(nodes).await;
     w.s.stop().await;
 }

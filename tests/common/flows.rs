@@ -436,13 +436,27 @@ pub fn node_args(w: &World) -> Vec<String> {
 }
 
 /// Stops node processes with SIGTERM; each must exit cleanly.
-pub fn stop_nodes(nodes: Vec<(std::process::Child, String)>) {
-    for (mut child, _) in nodes {
+pub async fn stop_nodes(nodes: Vec<(super::ServerProcess, String)>) {
+    for (mut child, base) in nodes {
         std::process::Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()
             .unwrap();
-        assert!(child.wait().unwrap().success());
+        // A node drains for at most its request timeout (30 s) and a little
+        // more; waiting without blocking keeps the in-process node serving.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the node at {base} did not stop within 60 s of SIGTERM");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        assert!(status.success(), "the node at {base} stopped with {status}");
     }
 }
 

@@ -98,7 +98,11 @@ impl TestServer {
         });
         TestServer {
             base: format!("http://{addr}"),
-            http: reqwest::Client::new(),
+            // A server that does not answer fails the test instead of hanging it.
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(60))
+                .build()
+                .unwrap(),
             services,
             dir,
             database_url,
@@ -398,7 +402,7 @@ pub async fn spawn_server(
     args: &[String],
     extra: &[&str],
     capture: bool,
-) -> (std::process::Child, String) {
+) -> (ServerProcess, String) {
     use std::process::Stdio;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -424,11 +428,48 @@ pub async fn spawn_server(
     let http = reqwest::Client::new();
     for _ in 0..600 {
         if http.get(format!("{base}/healthz")).send().await.is_ok() {
-            return (child, base);
+            return (ServerProcess(Some(child)), base);
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    let _ = ServerProcess(Some(child));
     panic!("licensegate did not come up on {base}");
+}
+
+/// A `licensegate serve` process started by a test. A test that fails before
+/// it stops the process does not leave it running (holding database
+/// connections that the next tests need): it is killed when dropped.
+pub struct ServerProcess(Option<std::process::Child>);
+
+impl ServerProcess {
+    /// The process, no longer killed on drop.
+    pub fn into_child(mut self) -> std::process::Child {
+        self.0.take().expect("a started process")
+    }
+}
+
+impl std::ops::Deref for ServerProcess {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("a started process")
+    }
+}
+
+impl std::ops::DerefMut for ServerProcess {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.0.as_mut().expect("a started process")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
 }
 
 // ---- an independent RFC 9162 inclusion check, written from the RFC -------
