@@ -131,10 +131,19 @@ impl Store {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
-        migrator
-            .run(&self.write)
-            .await
-            .map_err(|e| Error::internal(format!("migration failed: {e}")))
+        let failed =
+            |e: sqlx::migrate::MigrateError| Error::internal(format!("migration failed: {e}"));
+        if self.backend == Backend::Sqlite {
+            return migrator.run(&self.write).await.map_err(failed);
+        }
+        // Nodes started together queue on the migration lock, and a migration
+        // waits for running transactions, as long as that takes: not for
+        // `lock_timeout`. Its own connection, closed afterwards, not pooled.
+        let mut conn = self.write.acquire().await?.detach();
+        conn.execute("SET lock_timeout = 0").await?;
+        let migrated = migrator.run(&mut conn).await.map_err(failed);
+        let _ = sqlx::Connection::close(conn).await;
+        migrated
     }
 
     /// Which backend this is.
