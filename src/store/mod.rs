@@ -62,18 +62,18 @@ impl Store {
         sqlx::any::install_default_drivers();
         let acquire = Duration::from_secs(config.db_timeout);
         if config.is_postgres() {
-            let lock_wait = format!("SET lock_timeout = '{}s'", config.db_timeout);
+            let lock_wait = config.db_timeout;
             let pool = AnyPoolOptions::new()
                 .max_connections(config.db_max_connections)
                 .acquire_timeout(acquire)
                 .after_connect(move |conn, _meta| {
-                    let lock_wait = lock_wait.clone();
                     Box::pin(async move {
                         // A row lock (the audit head, a consent's budget) held by a
                         // node that hangs must not hold every other node's requests:
                         // a request waits for a lock as long as for a connection,
                         // then answers 503 (SQLSTATE 55P03).
-                        conn.execute(lock_wait.as_str()).await?;
+                        conn.execute(format!("SET lock_timeout = '{lock_wait}s'").as_str())
+                            .await?;
                         // A node that stops mid-transaction (frozen, cut off from the
                         // network) loses its session, and the locks it held, after a
                         // minute; licensegate never keeps a transaction open between
