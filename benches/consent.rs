@@ -10,7 +10,9 @@
 //! group commit with the holder's notification, a signed receipt).
 //! The load generator runs in the same process, on the same 2 cores.
 //!
-//!     cargo bench --bench consent [-- REQUESTS [CONCURRENCY]]
+//!     cargo bench --bench consent [-- REQUESTS [CONCURRENCY] [codes|refreshes|retrievals]...]
+//!
+//! Named phases run alone (all three when none is named).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,9 +32,12 @@ const VERIFIER: &str = "bench-verifier-0123456789-0123456789-0123456789";
 
 #[tokio::main]
 async fn main() {
-    let mut args = std::env::args()
+    let (numbers, phases): (Vec<String>, Vec<String>) = std::env::args()
         .skip(1)
-        .filter(|a| a.chars().all(|c| c.is_ascii_digit()));
+        .filter(|a| a != "--bench")
+        .partition(|a| a.chars().all(|c| c.is_ascii_digit()));
+    let run = |phase: &str| phases.is_empty() || phases.iter().any(|p| p == phase);
+    let mut args = numbers.into_iter();
     let codes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(20_000);
     let concurrency: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(64);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -68,8 +73,15 @@ async fn main() {
     let challenge = b64url(sha256(VERIFIER));
     let expires = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
     let prepared = Instant::now();
-    let mut consent_ids = Vec::with_capacity(codes);
-    for i in 0..codes {
+    let prepare = if run("codes") {
+        codes
+    } else if run("refreshes") {
+        codes.min(1000)
+    } else {
+        0
+    };
+    let mut consent_ids = Vec::with_capacity(prepare);
+    for i in 0..prepare {
         let c =
             new_consent(&holder, &client_id, &terms, &granted, Flow::Redirect).expect("consent");
         services
@@ -95,7 +107,7 @@ async fn main() {
         consent_ids.push(c.id);
     }
     println!(
-        "prepared {codes} consents and codes in {:.1} s",
+        "prepared {prepare} consents and codes in {:.1} s",
         prepared.elapsed().as_secs_f64()
     );
 
@@ -126,10 +138,12 @@ async fn main() {
             }
         }
     };
-    let (rate, p50, p99) = load(codes, concurrency, exchange).await;
-    println!(
-        "authorization-code exchanges: {rate:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms ({codes} codes, {concurrency} concurrent)"
-    );
+    if run("codes") {
+        let (rate, p50, p99) = load(codes, concurrency, exchange).await;
+        println!(
+            "authorization-code exchanges: {rate:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms ({codes} codes, {concurrency} concurrent)"
+        );
+    }
 
     // Refreshes: one refresh token per consent, cycled.
     let mut tokens = Vec::with_capacity(consent_ids.len());
@@ -176,10 +190,12 @@ async fn main() {
             .await;
         }
     };
-    let (rate, p50, p99) = load(codes, concurrency, refresh).await;
-    println!(
-        "refreshes: {rate:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms ({codes} requests, {concurrency} concurrent)"
-    );
+    if run("refreshes") {
+        let (rate, p50, p99) = load(codes, concurrency, refresh).await;
+        println!(
+            "refreshes: {rate:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms ({codes} requests, {concurrency} concurrent)"
+        );
+    }
 
     // Retrievals under one consent with a budget large enough for the run.
     let mut c = new_consent(&holder, &bank_id, &terms, &granted, Flow::Redirect).expect("consent");
@@ -207,8 +223,10 @@ async fn main() {
             send_ok(http.get(&url).bearer_auth(&token)).await;
         }
     };
-    let (rate, p50, p99) = load(codes, concurrency, retrieve).await;
-    println!(
-        "retrievals: {rate:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms ({codes} requests, {concurrency} concurrent)"
-    );
+    if run("retrievals") {
+        let (rate, p50, p99) = load(codes, concurrency, retrieve).await;
+        println!(
+            "retrievals: {rate:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms ({codes} requests, {concurrency} concurrent)"
+        );
+    }
 }
