@@ -118,6 +118,51 @@ async fn revocation_budgets_and_the_chain_hold_across_nodes() {
     .await;
     assert_eq!(introspection["active"], false, "{introspection}");
 
+    // The use list and the licenses are kept in each node's memory under the
+    // database's change generations: a scenario withdrawn, or a license
+    // suspended, through the first node is refused on the others' next call.
+    let kept: Vec<Value> =
+        futures_util::future::join_all((0..2).map(|_| consent_tokens(&w, &id, &secret, &rar)))
+            .await;
+    for (t, base) in kept.iter().zip(&bases[1..]) {
+        assert_eq!(
+            get_on(&w, base, &access_token(t), &path).await.0,
+            200,
+            "{base}"
+        );
+    }
+    let res =
+        w.s.post_json(
+            &w.op,
+            &format!("/admin/v1/entities/{id}/scenarios/account_opening/withdraw"),
+            &json!({"reason": "review"}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    for (t, base) in kept.iter().zip(&bases[1..]) {
+        let (s, b) = get_on(&w, base, &access_token(t), &path).await;
+        assert_eq!(s, 403, "{base}: {b}");
+    }
+    let res =
+        w.s.put_json(
+            &w.op,
+            &format!("/admin/v1/entities/{id}/scenarios/account_opening"),
+            &json!({
+                "purpose": "account_opening", "description": "开立银行账户 / opening a bank account",
+                "license_types": ["JMSFZ"], "fields": {"JMSFZ": ["name", "sex", "address", "id_number"]},
+                "max_consent_days": 30, "max_retrievals": 3, "flows": ["redirect", "decoupled", "show_license"]
+            }),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    for (t, base) in kept.iter().zip(&bases[1..]) {
+        assert_eq!(
+            get_on(&w, base, &access_token(t), &path).await.0,
+            200,
+            "{base}"
+        );
+    }
+
     // The entity suspended through the first node: its next read on the others is refused.
     let t4 = consent_tokens(&w, &id, &secret, &rar).await;
     assert_eq!(

@@ -18,7 +18,7 @@ use crate::oauth::{ClientStatus, Role};
 use crate::policy::{
     decide, Decision, EntityFacts, Flow, PolicyAction, Question, Resource, Scenario,
 };
-use crate::store::entities::EntityRow;
+use crate::store::entities::{EntityRow, ScenarioRow};
 use crate::store::{now, timestamp};
 
 /// Sectors an entity may belong to.
@@ -728,7 +728,19 @@ pub async fn decide_about(
     resource: Resource,
 ) -> Result<Decision> {
     let found = services.store.entity_with_scenarios(&r.entity_id).await?;
-    let decision = match &found {
+    decide_with(services, found.as_ref(), r, license_type, resource).await
+}
+
+/// [`decide_about`] with the entity and its scenarios already read (by a
+/// resource call, as of its change generations).
+pub async fn decide_with(
+    services: &Services,
+    found: Option<&(EntityRow, Vec<ScenarioRow>)>,
+    r: &DecisionRequest,
+    license_type: &crate::licenses::catalog::LicenseTypeSpec,
+    resource: Resource,
+) -> Result<Decision> {
+    let decision = match found {
         None => Decision {
             allowed: false,
             reasons: vec![format!("entity: {} is not registered", r.entity_id)],

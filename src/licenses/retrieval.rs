@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::keys::{b64url, random_token, sha256, BROKER};
 use crate::oauth::AccessClaims;
 use crate::policy::{PolicyAction, Resource};
+use crate::store::cache::Generations;
 use crate::store::consent::ConsentRow;
 use crate::store::licenses::LicenseRow;
 use crate::store::{now, timestamp, Store};
@@ -40,6 +41,8 @@ pub struct ConsentAccess {
     pub consent: ConsentRow,
     /// What it covers.
     pub granted: Vec<GrantedAccess>,
+    /// The change generations the call's other reads go by.
+    pub generations: Generations,
 }
 
 fn refused(detail: impl Into<String>, dpop: bool) -> Error {
@@ -62,7 +65,7 @@ pub async fn check_token(services: &Services, claims: AccessClaims) -> Result<Co
             dpop,
         });
     };
-    let (client_status, revoked, consent) = services
+    let (client_status, revoked, consent, generations) = services
         .store
         .consent_for_call(&claims.client_id, &claims.jti, &consent_id)
         .await?
@@ -83,6 +86,7 @@ pub async fn check_token(services: &Services, claims: AccessClaims) -> Result<Co
         claims,
         consent,
         granted,
+        generations,
     })
 }
 
@@ -124,13 +128,18 @@ pub async fn list(services: &Services, a: &ConsentAccess) -> Result<Coverage> {
     let mut licenses = Vec::new();
     for g in &a.granted {
         for identifier in &g.licenses {
-            let Some(l) = services.store.license(&license_base(identifier)?).await? else {
+            let Some(current) = services
+                .store
+                .current_license_at(a.generations, &license_base(identifier)?)
+                .await?
+            else {
                 continue;
             };
+            let l = &current.0;
             licenses.push(CoveredLicense {
-                identifier: services.library.current_identifier_of(&l)?,
+                identifier: services.library.current_identifier_of(l)?,
                 license_type: l.license_type.clone(),
-                status: effective_status(&l, today),
+                status: effective_status(l, today),
                 valid_from: l.valid_from.clone(),
                 valid_until: l.valid_until.clone(),
                 fields: g.fields.clone(),
@@ -200,11 +209,20 @@ async fn decide(
     identifier: &str,
     fields: &[String],
 ) -> Result<LicenseStatus> {
-    let ty = services.library.license_type(&license.license_type).await?;
+    let ty = services
+        .store
+        .license_type_at(a.generations, &license.license_type)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no license type {}", license.license_type)))?;
+    let found = services
+        .store
+        .entity_with_scenarios_at(a.generations, &a.claims.client_id)
+        .await?;
     let now_status = effective_status(license, today());
     let status = now_status.as_str().to_owned();
-    let d = crate::entities::decide_about(
+    let d = crate::entities::decide_with(
         services,
+        found.as_deref(),
         &DecisionRequest {
             entity_id: a.claims.client_id.clone(),
             action,
@@ -246,25 +264,22 @@ pub async fn retrieve(
     identifier: &str,
 ) -> Result<RetrievedLicense> {
     let (granted, base) = covered(a, identifier)?;
-    let license =
-        services.store.license(&base).await?.ok_or_else(|| {
-            Error::NotFound("no license of this consent has this identifier".into())
-        })?;
-    let version = services
+    let current = services
         .store
-        .license_version(&base, license.current_version)
+        .current_license_at(a.generations, &base)
         .await?
-        .ok_or_else(|| Error::internal("a license without its current version"))?;
+        .ok_or_else(|| Error::NotFound("no license of this consent has this identifier".into()))?;
+    let (license, version) = (&current.0, &current.1);
     let status = decide(
         services,
         a,
         PolicyAction::Retrieve,
-        &license,
+        license,
         &version.identifier,
         &granted.fields,
     )
     .await?;
-    let all = services.library.disclosures(&version)?;
+    let all = services.library.disclosures(version)?;
     let mut fields = Map::new();
     let mut chosen = Vec::new();
     for f in &granted.fields {
@@ -346,13 +361,13 @@ pub async fn retrieve(
         .await?
         .sign_jws("retrieval-receipt+jwt", &receipt_claims)?;
     Ok(RetrievedLicense {
-        identifier: version.identifier,
+        identifier: version.identifier.clone(),
         license_type: license.license_type.clone(),
         issuer_jwks_uri: format!("{base_url}/issuers/{}/jwks.json", license.issuer_id),
-        issuer: license.issuer_id,
+        issuer: license.issuer_id.clone(),
         status,
-        valid_from: license.valid_from,
-        valid_until: license.valid_until,
+        valid_from: license.valid_from.clone(),
+        valid_until: license.valid_until.clone(),
         fields,
         sd_jwt,
         audit_seq: seq,

@@ -383,7 +383,7 @@ pub async fn introspect(
         // A token acting for a holder lives only as long as its consent.
         Some(consent) => matches!(
             store.consent_for_call(&claims.client_id, &claims.jti, consent).await?,
-            Some((status, false, c)) if status == ClientStatus::Active.as_str()
+            Some((status, false, c, _)) if status == ClientStatus::Active.as_str()
                 && crate::consent::effective_consent_status(&c, now().unix_timestamp()) == "active"
         ),
         None => matches!(

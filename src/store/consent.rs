@@ -4,6 +4,7 @@
 
 use sqlx::any::AnyRow;
 
+use super::cache::Generations;
 use super::{col, Bind, Statement, Store};
 use crate::error::Result;
 
@@ -586,29 +587,37 @@ impl Store {
     }
 
     /// What a resource call needs about its token, in one round trip: the
-    /// client's status, whether the token was revoked, and its consent.
+    /// client's status, whether the token was revoked, its consent, and the
+    /// change generations its other reads go by (see [`super::cache`]).
     pub async fn consent_for_call(
         &self,
         client_id: &str,
         jti: &str,
         consent_id: &str,
-    ) -> Result<Option<(String, bool, ConsentRow)>> {
-        let row = sqlx::query(
-            "SELECT c.*, k.status AS client_status,
-                    (SELECT COUNT(*) FROM revoked_tokens WHERE jti = $2) AS revoked
-             FROM consents c JOIN clients k ON k.client_id = c.client_id
-             WHERE c.id = $3 AND c.client_id = $1",
-        )
-        .bind(client_id)
-        .bind(jti)
-        .bind(consent_id)
-        .fetch_optional(self.reader())
-        .await?;
+    ) -> Result<Option<(String, bool, ConsentRow, Generations)>> {
+        static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let sql = SQL.get_or_init(|| {
+            format!(
+                "SELECT c.*, k.status AS client_status,
+                        (SELECT COUNT(*) FROM revoked_tokens WHERE jti = $2) AS revoked,
+                        {}
+                 FROM consents c JOIN clients k ON k.client_id = c.client_id
+                 WHERE c.id = $3 AND c.client_id = $1",
+                Generations::COLUMNS
+            )
+        });
+        let row = sqlx::query(sql)
+            .bind(client_id)
+            .bind(jti)
+            .bind(consent_id)
+            .fetch_optional(self.reader())
+            .await?;
         row.map(|r| {
             Ok((
                 col(&r, "client_status")?,
                 col::<i64>(&r, "revoked")? > 0,
                 consent_from_row(&r)?,
+                Generations::from_row(&r)?,
             ))
         })
         .transpose()

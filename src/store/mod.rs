@@ -12,6 +12,7 @@
 //! run beside the writer). On PostgreSQL both are the same pool.
 
 pub mod audit;
+pub mod cache;
 pub mod catalog;
 pub mod clients;
 pub mod consent;
@@ -50,6 +51,8 @@ pub struct Store {
     backend: Backend,
     /// Set while a server checkpoints the WAL itself (see [`Store::checkpoint_wal`]).
     own_checkpoints: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Seldom-changed rows every resource call reads (see [`cache`]).
+    cache: std::sync::Arc<cache::ReadCache>,
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -91,6 +94,7 @@ impl Store {
                 write: pool,
                 backend: Backend::Postgres,
                 own_checkpoints: Default::default(),
+                cache: std::sync::Arc::new(cache::ReadCache::new()),
             });
         }
         if !config.database_url.starts_with("sqlite:") {
@@ -122,6 +126,7 @@ impl Store {
             write,
             backend: Backend::Sqlite,
             own_checkpoints,
+            cache: std::sync::Arc::new(cache::ReadCache::new()),
         })
     }
 
