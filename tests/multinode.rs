@@ -131,30 +131,12 @@ async fn revocation_budgets_and_the_chain_hold_across_nodes() {
             "{base}"
         );
     }
-    let res =
-        w.s.post_json(
-            &w.op,
-            &format!("/admin/v1/entities/{id}/scenarios/account_opening/withdraw"),
-            &json!({"reason": "review"}),
-        )
-        .await;
-    assert_eq!(res.status(), 200);
+    assert_eq!(set_bank_scenario_withdrawn(&w, &id, true).await, 200);
     for (t, base) in kept.iter().zip(&bases[1..]) {
         let (s, b) = get_on(&w, base, &access_token(t), &path).await;
         assert_eq!(s, 403, "{base}: {b}");
     }
-    let res =
-        w.s.put_json(
-            &w.op,
-            &format!("/admin/v1/entities/{id}/scenarios/account_opening"),
-            &json!({
-                "purpose": "account_opening", "description": "开立银行账户 / opening a bank account",
-                "license_types": ["JMSFZ"], "fields": {"JMSFZ": ["name", "sex", "address", "id_number"]},
-                "max_consent_days": 30, "max_retrievals": 3, "flows": ["redirect", "decoupled", "show_license"]
-            }),
-        )
-        .await;
-    assert_eq!(res.status(), 200);
+    assert_eq!(set_bank_scenario_withdrawn(&w, &id, false).await, 200);
     for (t, base) in kept.iter().zip(&bases[1..]) {
         assert_eq!(
             get_on(&w, base, &access_token(t), &path).await.0,

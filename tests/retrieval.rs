@@ -345,29 +345,9 @@ async fn every_rule_applies_on_the_next_call() {
 
     // The scenario withdrawn: refused by the use list; approved again: allowed.
     let spare = fresh().await;
-    let withdraw =
-        w.s.post_json(
-            &w.op,
-            &format!("/admin/v1/entities/{id}/scenarios/account_opening/withdraw"),
-            &json!({"reason": "review"}),
-        )
-        .await;
-    assert_eq!(withdraw.status(), 200);
+    assert_eq!(set_bank_scenario_withdrawn(&w, &id, true).await, 200);
     assert_eq!(read(at(&spare)).await.0, 403);
-    assert_eq!(
-        w.s.put_json(
-            &w.op,
-            &format!("/admin/v1/entities/{id}/scenarios/account_opening"),
-            &json!({
-                "purpose": "account_opening", "description": "开立银行账户 / opening a bank account",
-                "license_types": ["JMSFZ"], "fields": {"JMSFZ": ["name", "sex", "address", "id_number"]},
-                "max_consent_days": 30, "max_retrievals": 3, "flows": ["redirect", "decoupled", "show_license"]
-            }),
-        )
-        .await
-        .status(),
-        200
-    );
+    assert_eq!(set_bank_scenario_withdrawn(&w, &id, false).await, 200);
     assert_eq!(read(at(&spare)).await.0, 200);
 
     // The consent revoked by the entity (grant management): every token dies.

@@ -194,6 +194,31 @@ pub async fn world_with(tweak: impl FnOnce(&mut licensegate::config::Settings)) 
     }
 }
 
+/// The operator withdraws the [`bank`]'s `account_opening` scenario (`true`)
+/// or approves it again as [`bank`] made it (`false`); returns the HTTP status.
+pub async fn set_bank_scenario_withdrawn(w: &World, id: &str, withdrawn: bool) -> u16 {
+    let res = if withdrawn {
+        w.s.post_json(
+            &w.op,
+            &format!("/admin/v1/entities/{id}/scenarios/account_opening/withdraw"),
+            &json!({"reason": "review"}),
+        )
+        .await
+    } else {
+        w.s.put_json(
+            &w.op,
+            &format!("/admin/v1/entities/{id}/scenarios/account_opening"),
+            &json!({
+                "purpose": "account_opening", "description": "开立银行账户 / opening a bank account",
+                "license_types": ["JMSFZ"], "fields": {"JMSFZ": ["name", "sex", "address", "id_number"]},
+                "max_consent_days": 30, "max_retrievals": 3, "flows": ["redirect", "decoupled", "show_license"]
+            }),
+        )
+        .await
+    };
+    res.status().as_u16()
+}
+
 /// Registers and approves a bank whose use list covers the ID card for
 /// account opening (30 days, 3 reads) in every flow; returns (id, secret).
 pub async fn bank(w: &World, uscc_body: &str, extra: Value) -> (String, Option<String>) {
