@@ -135,9 +135,9 @@ pub async fn list(services: &Services, a: &ConsentAccess) -> Result<Coverage> {
             else {
                 continue;
             };
-            let l = &current.0;
+            let (l, version) = (&current.0, &current.1);
             licenses.push(CoveredLicense {
-                identifier: services.library.current_identifier_of(l)?,
+                identifier: version.identifier.clone(),
                 license_type: l.license_type.clone(),
                 status: effective_status(l, today),
                 valid_from: l.valid_from.clone(),

@@ -10,6 +10,7 @@
 //! any node thus applies to the very next call on every node, as if nothing
 //! were cached.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
@@ -32,12 +33,7 @@ pub struct Generations {
 }
 
 impl Generations {
-    /// SQL columns `facts_generation` and `licenses_generation`, for a
-    /// query's select list.
-    pub const COLUMNS: &'static str =
-        "(SELECT value FROM cache_generations WHERE name = 'facts') AS facts_generation,
-         (SELECT value FROM cache_generations WHERE name = 'licenses') AS licenses_generation";
-
+    /// From a row with the columns `facts_generation` and `licenses_generation`.
     pub(crate) fn from_row(r: &AnyRow) -> Result<Self> {
         Ok(Generations {
             facts: col(r, "facts_generation")?,
@@ -55,14 +51,18 @@ struct Generational<K, V> {
     state: Mutex<(i64, HashMap<K, Arc<V>>)>,
 }
 
-impl<K: Eq + Hash + Clone, V> Generational<K, V> {
+impl<K: Eq + Hash, V> Generational<K, V> {
     fn new() -> Self {
         Generational {
             state: Mutex::new((i64::MIN, HashMap::new())),
         }
     }
 
-    fn get(&self, generation: i64, key: &K) -> Option<Arc<V>> {
+    fn get<Q>(&self, generation: i64, key: &Q) -> Option<Arc<V>>
+    where
+        K: Borrow<Q>,
+        Q: Eq + Hash + ?Sized,
+    {
         let state = self.state.lock().ok()?;
         (state.0 == generation)
             .then(|| state.1.get(key).cloned())
@@ -85,9 +85,12 @@ impl<K: Eq + Hash + Clone, V> Generational<K, V> {
     }
 
     /// The value under `key` at `generation`, loading it when not kept.
-    /// Absent values are not kept (a miss reads again).
-    async fn get_or_load<F>(&self, generation: i64, key: &K, load: F) -> Result<Option<Arc<V>>>
+    /// Absent values are not kept (a miss reads again). The key is copied
+    /// only when a loaded value is kept, never on a hit.
+    async fn get_or_load<Q, F>(&self, generation: i64, key: &Q, load: F) -> Result<Option<Arc<V>>>
     where
+        K: Borrow<Q>,
+        Q: Eq + Hash + ToOwned<Owned = K> + ?Sized,
         F: std::future::Future<Output = Result<Option<V>>>,
     {
         if let Some(v) = self.get(generation, key) {
@@ -96,7 +99,7 @@ impl<K: Eq + Hash + Clone, V> Generational<K, V> {
         let Some(v) = load.await?.map(Arc::new) else {
             return Ok(None);
         };
-        self.put(generation, key.clone(), v.clone());
+        self.put(generation, key.to_owned(), v.clone());
         Ok(Some(v))
     }
 }
@@ -127,7 +130,7 @@ impl Store {
     ) -> Result<Option<Arc<(EntityRow, Vec<ScenarioRow>)>>> {
         self.cache
             .entities
-            .get_or_load(g.facts, &id.to_owned(), self.entity_with_scenarios(id))
+            .get_or_load(g.facts, id, self.entity_with_scenarios(id))
             .await
     }
 
@@ -139,7 +142,7 @@ impl Store {
     ) -> Result<Option<Arc<LicenseType>>> {
         self.cache
             .license_types
-            .get_or_load(g.facts, &code.to_owned(), self.license_type(code))
+            .get_or_load(g.facts, code, self.license_type(code))
             .await
     }
 
@@ -163,7 +166,7 @@ impl Store {
         };
         self.cache
             .licenses
-            .get_or_load(g.licenses, &base.to_owned(), load)
+            .get_or_load(g.licenses, base, load)
             .await
     }
 }

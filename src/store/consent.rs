@@ -595,18 +595,15 @@ impl Store {
         jti: &str,
         consent_id: &str,
     ) -> Result<Option<(String, bool, ConsentRow, Generations)>> {
-        static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-        let sql = SQL.get_or_init(|| {
-            format!(
-                "SELECT c.*, k.status AS client_status,
-                        (SELECT COUNT(*) FROM revoked_tokens WHERE jti = $2) AS revoked,
-                        {}
-                 FROM consents c JOIN clients k ON k.client_id = c.client_id
-                 WHERE c.id = $3 AND c.client_id = $1",
-                Generations::COLUMNS
-            )
-        });
-        let row = sqlx::query(sql)
+        // The generations in the same snapshot as the consent (see `super::cache`).
+        let row = sqlx::query(
+            "SELECT c.*, k.status AS client_status,
+                    (SELECT COUNT(*) FROM revoked_tokens WHERE jti = $2) AS revoked,
+                    (SELECT value FROM cache_generations WHERE name = 'facts') AS facts_generation,
+                    (SELECT value FROM cache_generations WHERE name = 'licenses') AS licenses_generation
+             FROM consents c JOIN clients k ON k.client_id = c.client_id
+             WHERE c.id = $3 AND c.client_id = $1",
+        )
             .bind(client_id)
             .bind(jti)
             .bind(consent_id)
