@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::keys::{random_bytes, random_token};
 use crate::store::consent::ConsentRow;
 use crate::store::notify::{DeliveryRow, EndpointRow, NotificationRow};
-use crate::store::{date_string, now, timestamp, Statement, Store};
+use crate::store::{date_string, now, timestamp};
 
 /// Kinds of notification a holder can turn on or off, with their names.
 pub const HOLDER_KINDS: [(&str, &str, &str); 8] = [
@@ -78,22 +78,23 @@ fn ntf_id() -> Result<String> {
     Ok(format!("ntf_{}", random_token(12)?))
 }
 
-/// The statement that queues a notification to a `holder` or an `entity`
-/// (run in the commit of the record it tells about).
+/// A notification to a `holder` or an `entity`, to queue in the commit of
+/// the record it tells about (see [`crate::audit::Guarded::notify`]).
 pub fn queue(
     recipient_kind: &str,
     recipient_id: &str,
     kind: &str,
     payload: &Value,
-) -> Result<Statement> {
-    Ok(Store::notification_statement(
-        &ntf_id()?,
-        recipient_kind,
-        recipient_id,
-        kind,
-        &payload.to_string(),
-        &timestamp(now()),
-    ))
+) -> Result<NotificationRow> {
+    Ok(NotificationRow {
+        id: ntf_id()?,
+        recipient_kind: recipient_kind.to_owned(),
+        recipient_id: recipient_id.to_owned(),
+        kind: kind.to_owned(),
+        payload: payload.to_string(),
+        status: "queued".to_owned(),
+        created_at: timestamp(now()),
+    })
 }
 
 /// A consent notice (granted, revoked, expired, reminder): who may read what,
@@ -108,12 +109,12 @@ pub async fn consent_notice(services: &Services, c: &ConsentRow) -> Result<Value
     }))
 }
 
-/// The statement that queues a consent notice to its holder.
-pub async fn consent_statement(
+/// A consent notice to its holder, to queue with its record.
+pub async fn consent_notification(
     services: &Services,
     c: &ConsentRow,
     kind: &str,
-) -> Result<Statement> {
+) -> Result<NotificationRow> {
     queue(
         "holder",
         &c.holder_id,

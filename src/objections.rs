@@ -12,12 +12,13 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use crate::app::Services;
-use crate::audit::{ActorKind, AuditEvent, Guarded, Outcome};
+use crate::audit::{ActorKind, AuditEvent, Guard, Guarded, Outcome};
 use crate::error::{Error, Result};
 use crate::keys::random_token;
 use crate::licenses::{license_base, today, IssuerActor, LicenseView, UpdateRequest};
+use crate::store::notify::NotificationRow;
 use crate::store::objections::{ObjectionFilter, ObjectionRow};
-use crate::store::{date_string, now, timestamp, Statement};
+use crate::store::{date_string, now, timestamp};
 
 /// Working days an issuing unit has to answer.
 pub const ANSWER_WORKING_DAYS: u32 = 5;
@@ -131,7 +132,7 @@ pub enum Resolution {
     },
 }
 
-fn notice_to_objector(o: &ObjectionRow, view: &ObjectionView) -> Result<Statement> {
+fn notice_to_objector(o: &ObjectionRow, view: &ObjectionView) -> Result<NotificationRow> {
     crate::notify::queue(
         &o.objector_kind,
         &o.objector_id,
@@ -247,11 +248,9 @@ pub async fn file(
         .record_guarded(
             vec![e],
             Guarded {
-                statements: vec![
-                    crate::store::Store::insert_objection_statement(&row),
-                    notice_to_objector(&row, &view)?,
-                ],
-                refused: Vec::new(),
+                then: vec![crate::store::Store::insert_objection_statement(&row)],
+                notifications: vec![notice_to_objector(&row, &view)?],
+                ..Guarded::new(Guard::Always)
             },
         )
         .await?;
@@ -357,7 +356,9 @@ pub async fn resolve(
         .record_guarded(
             vec![e],
             Guarded {
-                statements: vec![
+                notifications: vec![notice_to_objector(&o, &view)?],
+                refused: vec![refused],
+                ..Guarded::new(Guard::Changes(
                     crate::store::Store::resolve_objection_statement(
                         &o.id,
                         status,
@@ -365,9 +366,7 @@ pub async fn resolve(
                         new_identifier.as_deref(),
                         &at,
                     ),
-                    notice_to_objector(&o, &view)?,
-                ],
-                refused: vec![refused],
+                ))
             },
         )
         .await?;

@@ -532,7 +532,19 @@ pub async fn append_in(
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    let mut head = Store::lock_audit_head(conn).await?;
+    let head = Store::lock_audit_head(conn).await?;
+    append_after(conn, head, events).await
+}
+
+/// Appends `events` after `head`, which the caller's transaction has locked.
+async fn append_after(
+    conn: &mut AnyConnection,
+    mut head: Head,
+    events: Vec<AuditEvent>,
+) -> Result<Vec<AuditRecord>> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
     let time = timestamp(now());
     let mut records = Vec::with_capacity(events.len());
     let mut scratch = Vec::with_capacity(320);
@@ -578,16 +590,60 @@ fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
-/// Changes committed in the same transaction as their audit records: the
-/// statements run in order, the first being the guard. If the guard changes
-/// no row (a code already used, a budget already spent), nothing else runs
-/// and the `refused` records are appended instead of the intended ones.
+/// Changes committed in the same transaction as their audit records. If the
+/// guard does not hold (a code already used, a budget already spent), nothing
+/// else is done and the `refused` records are appended instead of the
+/// intended ones.
 #[derive(Debug, Clone)]
 pub struct Guarded {
-    /// The guard, then the rest.
-    pub statements: Vec<crate::store::Statement>,
-    /// What is recorded when the guard changes nothing.
+    /// What must hold for the change.
+    pub guard: Guard,
+    /// Run in order once the guard holds.
+    pub then: Vec<crate::store::Statement>,
+    /// Queued once the guard holds (the outbox); all the notifications of one
+    /// commit go in with one statement.
+    pub notifications: Vec<crate::store::notify::NotificationRow>,
+    /// What is recorded when the guard does not hold.
     pub refused: Vec<AuditEvent>,
+}
+
+/// The condition of a [`Guarded`] change.
+#[derive(Debug, Clone)]
+pub enum Guard {
+    /// None: the change is always made.
+    Always,
+    /// A statement that must change a row.
+    Changes(crate::store::Statement),
+    /// One retrieval spent from a consent's budget, while the consent is
+    /// active, unexpired at `now_unix` and has budget left. The spends of one
+    /// commit are decided in their order from one read of their consents and
+    /// written with one statement, so concurrent reads never overspend.
+    Spend {
+        /// The consent.
+        consent_id: String,
+        /// The time of the read (unix seconds).
+        now_unix: i64,
+    },
+}
+
+impl Guarded {
+    /// A change under `guard`, with nothing to do yet.
+    pub fn new(guard: Guard) -> Self {
+        Guarded {
+            guard,
+            then: Vec::new(),
+            notifications: Vec::new(),
+            refused: Vec::new(),
+        }
+    }
+
+    /// Notifications queued with the records, unconditionally.
+    pub fn notify(notifications: Vec<crate::store::notify::NotificationRow>) -> Self {
+        Guarded {
+            notifications,
+            ..Self::new(Guard::Always)
+        }
+    }
 }
 
 /// What an append did.
@@ -748,34 +804,52 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Pending>, metrics: WriterMe
 
 async fn commit_batch(store: &Store, batch: &[Pending]) -> Result<Vec<Appended>> {
     let mut tx = store.writer().begin().await?;
-    if store.backend() == crate::store::Backend::Postgres && batch.iter().any(|p| p.guard.is_some())
-    {
-        // Take the log's head before the guards' row locks: batches of several
-        // nodes then queue on the head instead of locking consent rows in
-        // different orders (a deadlock). SQLite has a single writer anyway.
-        Store::lock_audit_head(&mut tx).await?;
-    }
-    let mut events = Vec::new();
-    let mut shapes = Vec::with_capacity(batch.len());
-    for p in batch {
-        let mut applied = true;
-        if let Some(g) = &p.guard {
-            for (i, s) in g.statements.iter().enumerate() {
-                let changed = Store::execute_in(&mut tx, s).await?;
-                if i == 0 && changed == 0 {
-                    applied = false;
-                    break;
-                }
+    // The log's head first: batches of several nodes then queue on it instead
+    // of taking the guards' row locks in different orders (a deadlock), and a
+    // SQLite transaction holds the write lock from its first statement.
+    let head = Store::lock_audit_head(&mut tx).await?;
+    let mut applied = vec![true; batch.len()];
+    // Spends not yet decided: decided together, before any later statement
+    // runs (it might change their consents).
+    let mut spends = Vec::new();
+    for (i, p) in batch.iter().enumerate() {
+        let Some(g) = &p.guard else { continue };
+        if let Guard::Spend { .. } = g.guard {
+            spends.push(i);
+            continue;
+        }
+        if matches!(g.guard, Guard::Changes(_)) || !g.then.is_empty() {
+            decide_spends(&mut tx, batch, &mut spends, &mut applied).await?;
+        }
+        if let Guard::Changes(s) = &g.guard {
+            applied[i] = Store::execute_in(&mut tx, s).await? > 0;
+        }
+        if applied[i] {
+            for s in &g.then {
+                Store::execute_in(&mut tx, s).await?;
             }
         }
-        let chosen = match (&p.guard, applied) {
-            (Some(g), false) => g.refused.clone(),
-            _ => p.events.clone(),
+    }
+    decide_spends(&mut tx, batch, &mut spends, &mut applied).await?;
+    let notifications: Vec<_> = batch
+        .iter()
+        .zip(&applied)
+        .filter(|(_, applied)| **applied)
+        .filter_map(|(p, _)| p.guard.as_ref())
+        .flat_map(|g| &g.notifications)
+        .collect();
+    Store::insert_notifications_in(&mut tx, &notifications).await?;
+    let mut events = Vec::new();
+    let mut shapes = Vec::with_capacity(batch.len());
+    for (p, &applied) in batch.iter().zip(&applied) {
+        let chosen = match &p.guard {
+            Some(g) if !applied => &g.refused,
+            _ => &p.events,
         };
         shapes.push((chosen.len(), applied));
-        events.extend(chosen);
+        events.extend(chosen.iter().cloned());
     }
-    let records = append_in(&mut tx, events).await?;
+    let records = append_after(&mut tx, head, events).await?;
     tx.commit().await?;
     let mut seqs = records.iter().map(|r| r.seq);
     Ok(shapes
@@ -785,6 +859,58 @@ async fn commit_batch(store: &Store, batch: &[Pending]) -> Result<Vec<Appended>>
             applied,
         })
         .collect())
+}
+
+/// Decides the budget spends `spends` (indices into `batch`) in their order,
+/// from one read of their consents, writes them with one statement, then
+/// runs the statements of those that were made.
+async fn decide_spends(
+    tx: &mut AnyConnection,
+    batch: &[Pending],
+    spends: &mut Vec<usize>,
+    applied: &mut [bool],
+) -> Result<()> {
+    if spends.is_empty() {
+        return Ok(());
+    }
+    let spend_of = |i: usize| match batch[i].guard.as_ref().map(|g| &g.guard) {
+        Some(Guard::Spend {
+            consent_id,
+            now_unix,
+        }) => Some((consent_id.as_str(), *now_unix)),
+        _ => None,
+    };
+    let mut ids: Vec<&str> = spends
+        .iter()
+        .filter_map(|&i| spend_of(i))
+        .map(|(c, _)| c)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let budgets = Store::lock_budgets_in(tx, &ids).await?;
+    let mut spent: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+    for &i in spends.iter() {
+        let Some((consent, now_unix)) = spend_of(i) else {
+            continue;
+        };
+        let n = spent.entry(consent).or_default();
+        applied[i] = budgets.get(consent).is_some_and(|b| b.allows(*n, now_unix));
+        if applied[i] {
+            *n += 1;
+        }
+    }
+    let mut spent: Vec<(&str, i64)> = spent.into_iter().filter(|(_, n)| *n > 0).collect();
+    spent.sort_unstable();
+    Store::spend_retrievals_in(tx, &spent, &timestamp(now())).await?;
+    for &i in spends.iter() {
+        if applied[i] {
+            for s in batch[i].guard.iter().flat_map(|g| &g.then) {
+                Store::execute_in(tx, s).await?;
+            }
+        }
+    }
+    spends.clear();
+    Ok(())
 }
 
 /// Where the current request came from, for the records it causes.

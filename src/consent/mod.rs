@@ -360,12 +360,9 @@ pub async fn grant(
         .audit
         .record_guarded(
             vec![consent_event(&row, "consent.granted", &granted)],
-            crate::audit::Guarded {
-                statements: vec![
-                    crate::notify::consent_statement(services, &row, "consent.granted").await?,
-                ],
-                refused: Vec::new(),
-            },
+            crate::audit::Guarded::notify(vec![
+                crate::notify::consent_notification(services, &row, "consent.granted").await?,
+            ]),
         )
         .await?;
     Ok(row)
@@ -543,13 +540,10 @@ pub async fn revoke(
             .audit
             .record_guarded(
                 vec![e],
-                crate::audit::Guarded {
-                    statements: vec![
-                        crate::notify::consent_statement(services, &revoked, "consent.revoked")
-                            .await?,
-                    ],
-                    refused: Vec::new(),
-                },
+                crate::audit::Guarded::notify(vec![
+                    crate::notify::consent_notification(services, &revoked, "consent.revoked")
+                        .await?,
+                ]),
             )
             .await?;
     }

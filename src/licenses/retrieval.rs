@@ -20,7 +20,7 @@ use utoipa::ToSchema;
 
 use super::{effective_status, license_base, sdjwt, today, LicenseStatus};
 use crate::app::Services;
-use crate::audit::{ActorKind, AuditEvent, Guarded, Outcome};
+use crate::audit::{ActorKind, AuditEvent, Guard, Guarded, Outcome};
 use crate::consent::{effective_consent_status, unix_to_rfc3339, GrantedAccess};
 use crate::entities::DecisionRequest;
 use crate::error::{Error, Result};
@@ -30,7 +30,7 @@ use crate::policy::{PolicyAction, Resource};
 use crate::store::cache::Generations;
 use crate::store::consent::ConsentRow;
 use crate::store::licenses::LicenseRow;
-use crate::store::{now, timestamp, Store};
+use crate::store::{now, timestamp};
 
 /// A token checked for a resource call, with its consent.
 #[derive(Debug, Clone)]
@@ -310,16 +310,17 @@ pub async fn retrieve(
         .record_guarded(
             vec![done],
             Guarded {
-                statements: vec![
-                    Store::spend_retrieval_statement(&a.consent.id, t.unix_timestamp(), &at),
-                    crate::notify::queue(
-                        "holder",
-                        &a.consent.holder_id,
-                        "license.retrieved",
-                        &notice,
-                    )?,
-                ],
+                notifications: vec![crate::notify::queue(
+                    "holder",
+                    &a.consent.holder_id,
+                    "license.retrieved",
+                    &notice,
+                )?],
                 refused: vec![spent],
+                ..Guarded::new(Guard::Spend {
+                    consent_id: a.consent.id.clone(),
+                    now_unix: t.unix_timestamp(),
+                })
             },
         )
         .await?;
@@ -492,15 +493,12 @@ pub async fn verify(
                     "authentic={authentic} current={is_current} fields={}",
                     given.join(",")
                 ))],
-            Guarded {
-                statements: vec![crate::notify::queue(
-                    "holder",
-                    &a.consent.holder_id,
-                    "license.verified",
-                    &notice,
-                )?],
-                refused: vec![],
-            },
+            Guarded::notify(vec![crate::notify::queue(
+                "holder",
+                &a.consent.holder_id,
+                "license.verified",
+                &notice,
+            )?]),
         )
         .await?;
     let seq = appended

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use super::tokens::TokenResponse;
 use super::{Client, OAuthError, OAuthErrorCode};
 use crate::app::Services;
-use crate::audit::{ActorKind, AuditEvent, Guarded, Outcome};
+use crate::audit::{ActorKind, AuditEvent, Guard, Guarded, Outcome};
 use crate::consent::{self, GrantedAccess, Terms};
 use crate::error::Error;
 use crate::keys::{b64url, constant_time_eq, random_token, sha256};
@@ -132,13 +132,10 @@ impl TokenGrant<'_> {
             .tokens
             .issue_for_consent(self.client, c, jkt.clone())
             .await?;
-        let mut guard = guard.unwrap_or(Guarded {
-            statements: Vec::new(),
-            refused: Vec::new(),
-        });
+        let mut guard = guard.unwrap_or_else(|| Guarded::new(Guard::Always));
         let refresh_token = if refresh {
             let rt = random_token(32)?;
-            guard.statements.push(Store::insert_refresh_statement(
+            guard.then.push(Store::insert_refresh_statement(
                 &sha256(&rt),
                 &RefreshRow {
                     consent_id: c.id.clone(),
@@ -173,9 +170,7 @@ impl TokenGrant<'_> {
         ));
         e.consent = Some(c.id.clone());
         records.push(e);
-        if guard.statements.is_empty() {
-            self.services.audit.record_all(records).await?;
-        } else if !self
+        if !self
             .services
             .audit
             .record_guarded(records, guard)
@@ -298,8 +293,11 @@ impl TokenGrant<'_> {
         .purpose(&c.purpose);
         redeemed.consent = Some(c.id.clone());
         let guard = Guarded {
-            statements: vec![Store::use_code_statement(&digest, &timestamp(now_t))],
             refused: vec![self.replay_refusal(&row.consent_id)],
+            ..Guarded::new(Guard::Changes(Store::use_code_statement(
+                &digest,
+                &timestamp(now_t),
+            )))
         };
         match self
             .issue(
@@ -403,8 +401,10 @@ impl TokenGrant<'_> {
         let jkt = self.dpop_key().await?;
         let c = self.live_consent(&consent_id).await?;
         let guard = Guarded {
-            statements: vec![Store::redeem_request_statement(&digest, now_unix)],
             refused: vec![self.refusal("auth_req_id redeemed twice")],
+            ..Guarded::new(Guard::Changes(Store::redeem_request_statement(
+                &digest, now_unix,
+            )))
         };
         self.issue(&c, jkt, true, "ciba", vec![], Some(guard))
             .await?
@@ -484,11 +484,8 @@ impl TokenGrant<'_> {
         self.services.store.insert_consent(&c).await?;
         let granted_event = consent::consent_event(&c, "consent.granted", &granted);
         let receipt =
-            crate::notify::consent_statement(self.services, &c, "consent.granted").await?;
-        let guard = Guarded {
-            statements: vec![receipt],
-            refused: Vec::new(),
-        };
+            crate::notify::consent_notification(self.services, &c, "consent.granted").await?;
+        let guard = Guarded::notify(vec![receipt]);
         self.issue(
             &c,
             jkt,

@@ -2,11 +2,38 @@
 //! requests (PAR and CIBA), codes, consents, refresh tokens, show-a-license
 //! codes and DPoP proof ids. Secrets are looked up by their SHA-256 digest.
 
+use std::collections::HashMap;
+
 use sqlx::any::AnyRow;
+use sqlx::AnyConnection;
 
 use super::cache::Generations;
 use super::{col, Bind, Statement, Store};
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+/// A consent's retrieval budget as a group commit reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// Not revoked.
+    pub active: bool,
+    /// Retrievals spent.
+    pub retrievals: i64,
+    /// Retrievals allowed.
+    pub max_retrievals: i64,
+    /// End of the consent (unix seconds).
+    pub expires_at: i64,
+}
+
+impl Budget {
+    /// Whether one more retrieval may be spent at `now_unix`, after `spent`
+    /// more in the same commit: while the consent is active, unexpired and has
+    /// budget left (used up is the counter at its maximum, not a stored state).
+    pub fn allows(&self, spent: i64, now_unix: i64) -> bool {
+        self.active
+            && self.expires_at > now_unix
+            && self.retrievals.saturating_add(spent) < self.max_retrievals
+    }
+}
 
 /// A holder's login record.
 #[derive(Debug, Clone)]
@@ -569,21 +596,71 @@ impl Store {
         }
     }
 
-    /// Spends one retrieval of a consent, in the group commit of its
-    /// `license.retrieved` record: changes a row only while the consent is
-    /// active, unexpired and has budget left, so concurrent reads never
-    /// overspend (used up is the counter at its maximum, not a stored state).
-    pub fn spend_retrieval_statement(consent_id: &str, now_unix: i64, now: &str) -> Statement {
-        Statement {
-            sql: "UPDATE consents SET retrievals = retrievals + 1,
-                    updated_at = $3
-                  WHERE id = $1 AND status = 'active' AND retrievals < max_retrievals AND expires_at > $2",
-            binds: vec![
-                Bind::Text(consent_id.to_owned()),
-                Bind::Int(now_unix),
-                Bind::Text(now.to_owned()),
-            ],
+    /// The budgets of the consents `ids`, read in a group commit that spends
+    /// retrievals from them; on PostgreSQL the rows stay locked until that
+    /// commit (SQLite's one writer holds them anyway). A consent that does not
+    /// exist is absent from the answer.
+    pub async fn lock_budgets_in(
+        conn: &mut AnyConnection,
+        ids: &[&str],
+    ) -> Result<HashMap<String, Budget>> {
+        let sql = if conn.backend_name().eq_ignore_ascii_case("sqlite") {
+            "SELECT id, status, retrievals, max_retrievals, expires_at FROM consents
+              WHERE id IN (SELECT value FROM json_each($1))"
+        } else {
+            // In one order, so that nothing else taking several can deadlock with it.
+            "SELECT id, status, retrievals, max_retrievals, expires_at FROM consents
+              WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb)) ORDER BY id FOR UPDATE"
+        };
+        let ids = serde_json::to_string(ids).map_err(Error::internal)?;
+        sqlx::query(sql)
+            .bind(ids)
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    col(r, "id")?,
+                    Budget {
+                        active: col::<String>(r, "status")? == "active",
+                        retrievals: col(r, "retrievals")?,
+                        max_retrievals: col(r, "max_retrievals")?,
+                        expires_at: col(r, "expires_at")?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Adds the retrievals spent in a group commit to their consents' counters,
+    /// in one statement: `spent` pairs a consent with how many it spent.
+    pub async fn spend_retrievals_in(
+        conn: &mut AnyConnection,
+        spent: &[(&str, i64)],
+        now: &str,
+    ) -> Result<()> {
+        if spent.is_empty() {
+            return Ok(());
         }
+        let sql = if conn.backend_name().eq_ignore_ascii_case("sqlite") {
+            "UPDATE consents SET retrievals = retrievals + s.n, updated_at = $2
+               FROM (SELECT value ->> 0 AS id, value ->> 1 AS n FROM json_each($1)) AS s
+              WHERE consents.id = s.id"
+        } else {
+            "UPDATE consents SET retrievals = consents.retrievals + s.n, updated_at = $2
+               FROM (SELECT r ->> 0 AS id, (r ->> 1)::bigint AS n FROM jsonb_array_elements($1::jsonb) AS t(r)) AS s
+              WHERE consents.id = s.id"
+        };
+        let rows = serde_json::to_string(spent).map_err(Error::internal)?;
+        let done = sqlx::query(sql)
+            .bind(rows)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+        if done.rows_affected() != spent.len() as u64 {
+            return Err(Error::internal("a budget spend missed its consent"));
+        }
+        Ok(())
     }
 
     /// What a resource call needs about its token, in one round trip: the

@@ -2,11 +2,12 @@
 //! endpoints and deliveries, and what the daily reminder job looks for.
 
 use sqlx::any::AnyRow;
+use sqlx::AnyConnection;
 
 use super::consent::{consent_from_row, ConsentRow};
 use super::licenses::{license_from_row, LicenseRow};
-use super::{col, Bind, Statement, Store};
-use crate::error::Result;
+use super::{col, Store};
+use crate::error::{Error, Result};
 
 /// A notification as stored.
 #[derive(Debug, Clone)]
@@ -116,27 +117,44 @@ fn delivery(r: &AnyRow) -> Result<DeliveryRow> {
 }
 
 impl Store {
-    /// Queues a notification (outbox), in the commit of the record it tells about.
-    pub fn notification_statement(
-        id: &str,
-        recipient_kind: &str,
-        recipient_id: &str,
-        kind: &str,
-        payload: &str,
-        now: &str,
-    ) -> Statement {
-        Statement {
-            sql: "INSERT INTO notifications (id, recipient_kind, recipient_id, kind, payload, status, dedupe_key, created_at)
-                  VALUES ($1, $2, $3, $4, $5, 'queued', NULL, $6)",
-            binds: vec![
-                Bind::Text(id.to_owned()),
-                Bind::Text(recipient_kind.to_owned()),
-                Bind::Text(recipient_id.to_owned()),
-                Bind::Text(kind.to_owned()),
-                Bind::Text(payload.to_owned()),
-                Bind::Text(now.to_owned()),
-            ],
+    /// Queues notifications in the caller's transaction (the group commit of
+    /// the records they tell about), all in one statement.
+    pub async fn insert_notifications_in(
+        conn: &mut AnyConnection,
+        rows: &[&NotificationRow],
+    ) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
         }
+        let sql = if conn.backend_name().eq_ignore_ascii_case("sqlite") {
+            "INSERT INTO notifications (id, recipient_kind, recipient_id, kind, payload, status, dedupe_key, created_at)
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, NULL, value ->> 6
+               FROM json_each($1) ORDER BY key"
+        } else {
+            "INSERT INTO notifications (id, recipient_kind, recipient_id, kind, payload, status, dedupe_key, created_at)
+             SELECT r ->> 0, r ->> 1, r ->> 2, r ->> 3, r ->> 4, r ->> 5, NULL, r ->> 6
+               FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS t(r, n) ORDER BY n"
+        };
+        let values: Vec<[&str; 7]> = rows
+            .iter()
+            .map(|n| {
+                [
+                    n.id.as_str(),
+                    &n.recipient_kind,
+                    &n.recipient_id,
+                    &n.kind,
+                    &n.payload,
+                    &n.status,
+                    &n.created_at,
+                ]
+            })
+            .collect();
+        let values = serde_json::to_string(&values).map_err(Error::internal)?;
+        let done = sqlx::query(sql).bind(values).execute(&mut *conn).await?;
+        if done.rows_affected() != rows.len() as u64 {
+            return Err(Error::internal("the notifications were not queued whole"));
+        }
+        Ok(())
     }
 
     /// Queues a scheduled notification unless one with `dedupe_key` exists;
