@@ -3,7 +3,11 @@
 # demo data) and node oidc-provider (bench/peer, in memory) on the same flows —
 # client_credentials with JWT access tokens (client_secret_basic; EdDSA for
 # licensegate, ES256 for the peer) and token introspection — with wrk (Debian)
-# as the load generator on the same machine. Prints one table and the ratios.
+# as the load generator on the same machine. Prints one table and the ratios,
+# then licensegate's retrievals per second with p50/p99 (cargo bench --bench
+# consent: a consent's token reading one license, every read durably audited;
+# oidc-provider has no such flow, and the token's budget needs the consent
+# flow, so that load generator is the benchmark's own, in process).
 #
 #   bench/compare.sh [seconds] [connections] [wrk threads]
 #
@@ -95,3 +99,11 @@ for flow, lg, peer in rows:
     print(f"{'':26} {'oidc-provider':14} {float(p[0]):9.0f} {float(p[1]):8.2f} {float(p[2]):8.2f} {int(p[3]):7d}")
     print(f"{'':26} {'ratio':14} {float(l[0]) / max(float(p[0]), 1):9.2f}x")
 PY
+
+# The servers above are done; the retrieval run has the machine to itself.
+for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+wait 2>/dev/null || true
+PIDS=()
+echo
+echo "licensegate retrievals (GET /api/v1/licenses/{id}, SQLite, $CONNECTIONS concurrent, in-process load generator):"
+cargo bench --quiet --bench consent -- $((DURATION * 2000)) "$CONNECTIONS" retrievals 2>/dev/null | grep '^retrievals:'
