@@ -142,7 +142,7 @@ impl Library {
                 .iter()
                 .any(|v| v.content_digest == digest);
             if same && l.source_ref == req.source_ref {
-                return Ok((LineOutcome::Unchanged, self.current_identifier(&l).await?));
+                return Ok((LineOutcome::Unchanged, self.current_identifier_of(&l)?));
             }
             return Err(Error::Conflict(
                 "a license with this identifier or source_ref already exists with different content".into(),
@@ -156,7 +156,7 @@ impl Library {
             .license(&id)
             .await?
             .ok_or_else(|| Error::internal("imported license vanished"))?;
-        Ok((LineOutcome::Accepted, self.current_identifier(&l).await?))
+        Ok((LineOutcome::Accepted, self.current_identifier_of(&l)?))
     }
 }
 

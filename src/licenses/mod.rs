@@ -530,7 +530,7 @@ impl Library {
             .await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
-            let identifier = self.current_identifier(&r).await?;
+            let identifier = self.current_identifier_of(&r)?;
             out.push((r, identifier));
         }
         Ok(out)
@@ -912,7 +912,7 @@ impl Library {
             .ok()
             .filter(|v| *v <= 999)
             .ok_or_else(|| Error::Conflict("a license has at most 999 versions".into()))?;
-        let current = LicenseIdentifier::parse(&self.current_identifier(&license).await?)
+        let current = LicenseIdentifier::parse(&self.current_identifier_of(&license)?)
             .map_err(|e| Error::internal(format!("stored identifier is invalid: {e}")))?;
         let ident = current.with_version(version);
         let (kind, sealed) = self
@@ -1000,7 +1000,7 @@ impl Library {
             },
         )
         .await?;
-        let identifier = self.current_identifier(&license).await?;
+        let identifier = self.current_identifier_of(&license)?;
         tx.audit(vec![actor
             .event(&format!("license.{verb}"), Outcome::Success)
             .holder(&license.holder_id)
@@ -1083,7 +1083,7 @@ impl Library {
         let mut items = Vec::with_capacity(rows.len());
         for r in rows {
             items.push(LicenseSummary {
-                identifier: self.current_identifier(&r).await?,
+                identifier: self.current_identifier_of(&r)?,
                 status: effective_status(&r, today),
                 license_id: r.id,
                 license_type: r.license_type,
@@ -1098,13 +1098,6 @@ impl Library {
 
     /// The identifier of a license's current version.
     pub fn current_identifier_of(&self, l: &LicenseRow) -> Result<String> {
-        let version = u16::try_from(l.current_version).map_err(Error::internal)?;
-        LicenseIdentifier::from_base(&l.id, version)
-            .map(|i| i.to_string())
-            .ok_or_else(|| Error::internal(format!("stored license id {} is malformed", l.id)))
-    }
-
-    async fn current_identifier(&self, l: &LicenseRow) -> Result<String> {
         let version = u16::try_from(l.current_version).map_err(Error::internal)?;
         LicenseIdentifier::from_base(&l.id, version)
             .map(|i| i.to_string())
