@@ -523,30 +523,35 @@ pub async fn revoke(
     if !owner {
         return Err(Error::NotFound("no such consent".into()));
     }
-    if services
-        .store
-        .revoke_consent(consent_id, reason, &timestamp(now()))
-        .await?
-    {
-        let mut e = AuditEvent::new(by, by_id, "consent.revoked", Outcome::Success)
-            .holder(&c.holder_id)
-            .purpose(&c.purpose)
-            .reason(format!("entity={} {reason}", c.client_id));
-        e.consent = Some(c.id.clone());
-        let mut revoked = c.clone();
-        revoked.status = "revoked".into();
-        revoked.status_reason = Some(reason.to_owned());
-        services
-            .audit
-            .record_guarded(
-                vec![e],
-                crate::audit::Guarded::notify(vec![
+    // The revocation commits with its record and the holder's notice, or not
+    // at all; revoking an ended consent changes nothing and records nothing.
+    let mut e = AuditEvent::new(by, by_id, "consent.revoked", Outcome::Success)
+        .holder(&c.holder_id)
+        .purpose(&c.purpose)
+        .reason(format!("entity={} {reason}", c.client_id));
+    e.consent = Some(c.id.clone());
+    let mut revoked = c.clone();
+    revoked.status = "revoked".into();
+    revoked.status_reason = Some(reason.to_owned());
+    services
+        .audit
+        .record_guarded(
+            vec![e],
+            crate::audit::Guarded {
+                notifications: vec![
                     crate::notify::consent_notification(services, &revoked, "consent.revoked")
                         .await?,
-                ]),
-            )
-            .await?;
-    }
+                ],
+                ..crate::audit::Guarded::new(crate::audit::Guard::Changes(
+                    crate::store::Store::revoke_consent_statement(
+                        consent_id,
+                        reason,
+                        &timestamp(now()),
+                    ),
+                ))
+            },
+        )
+        .await?;
     services
         .store
         .consent(consent_id)

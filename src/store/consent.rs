@@ -498,17 +498,17 @@ impl Store {
         .collect()
     }
 
-    /// Revokes an active consent; false if it was not active.
-    pub async fn revoke_consent(&self, id: &str, reason: &str, now: &str) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE consents SET status = 'revoked', status_reason = $2, updated_at = $3 WHERE id = $1 AND status = 'active'",
-        )
-        .bind(id)
-        .bind(reason)
-        .bind(now)
-        .execute(self.writer())
-        .await?;
-        Ok(done.rows_affected() == 1)
+    /// Revokes an active consent, in the group commit of its `consent.revoked`
+    /// record: changes no row when the consent had already ended.
+    pub fn revoke_consent_statement(id: &str, reason: &str, now: &str) -> Statement {
+        Statement {
+            sql: "UPDATE consents SET status = 'revoked', status_reason = $2, updated_at = $3 WHERE id = $1 AND status = 'active'",
+            binds: vec![
+                Bind::Text(id.to_owned()),
+                Bind::Text(reason.to_owned()),
+                Bind::Text(now.to_owned()),
+            ],
+        }
     }
 
     // ---- codes and refresh tokens -------------------------------------------
