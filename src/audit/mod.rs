@@ -814,8 +814,12 @@ async fn commit_batch(store: &Store, batch: &[Pending]) -> Result<Vec<Appended>>
     let mut spends = Vec::new();
     for (i, p) in batch.iter().enumerate() {
         let Some(g) = &p.guard else { continue };
-        if let Guard::Spend { .. } = g.guard {
-            spends.push(i);
+        if let Guard::Spend {
+            consent_id,
+            now_unix,
+        } = &g.guard
+        {
+            spends.push((i, consent_id.as_str(), *now_unix));
             continue;
         }
         if matches!(g.guard, Guard::Changes(_)) || !g.then.is_empty() {
@@ -861,38 +865,24 @@ async fn commit_batch(store: &Store, batch: &[Pending]) -> Result<Vec<Appended>>
         .collect())
 }
 
-/// Decides the budget spends `spends` (indices into `batch`) in their order,
+/// Decides the budget spends `spends` (index into `batch`, consent, time) in their order,
 /// from one read of their consents, writes them with one statement, then
 /// runs the statements of those that were made.
 async fn decide_spends(
     tx: &mut AnyConnection,
     batch: &[Pending],
-    spends: &mut Vec<usize>,
+    spends: &mut Vec<(usize, &str, i64)>,
     applied: &mut [bool],
 ) -> Result<()> {
     if spends.is_empty() {
         return Ok(());
     }
-    let spend_of = |i: usize| match batch[i].guard.as_ref().map(|g| &g.guard) {
-        Some(Guard::Spend {
-            consent_id,
-            now_unix,
-        }) => Some((consent_id.as_str(), *now_unix)),
-        _ => None,
-    };
-    let mut ids: Vec<&str> = spends
-        .iter()
-        .filter_map(|&i| spend_of(i))
-        .map(|(c, _)| c)
-        .collect();
+    let mut ids: Vec<&str> = spends.iter().map(|(_, c, _)| *c).collect();
     ids.sort_unstable();
     ids.dedup();
     let budgets = Store::lock_budgets_in(tx, &ids).await?;
     let mut spent: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
-    for &i in spends.iter() {
-        let Some((consent, now_unix)) = spend_of(i) else {
-            continue;
-        };
+    for &(i, consent, now_unix) in spends.iter() {
         let n = spent.entry(consent).or_default();
         applied[i] = budgets.get(consent).is_some_and(|b| b.allows(*n, now_unix));
         if applied[i] {
@@ -902,7 +892,7 @@ async fn decide_spends(
     let mut spent: Vec<(&str, i64)> = spent.into_iter().filter(|(_, n)| *n > 0).collect();
     spent.sort_unstable();
     Store::spend_retrievals_in(tx, &spent, &timestamp(now())).await?;
-    for &i in spends.iter() {
+    for &(i, _, _) in spends.iter() {
         if applied[i] {
             for s in batch[i].guard.iter().flat_map(|g| &g.then) {
                 Store::execute_in(tx, s).await?;
