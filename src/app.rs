@@ -339,8 +339,9 @@ async fn maintenance(services: AppState) {
 /// 49k records/s, 20,000 per batch 160k/s with the longest transaction 205 ms).
 const INDEX_BATCH: i64 = 20_000;
 
-/// Keeps the audit log's holder and license index close behind the log, in
-/// large batches (searches scan whatever it has not reached yet).
+/// Keeps the audit log's subject index (holder, license, actor, license type,
+/// action) close behind the log, in large batches (searches scan whatever it
+/// has not reached yet).
 pub async fn audit_indexer(services: AppState) {
     loop {
         match services.store.index_audit_subjects(INDEX_BATCH).await {

@@ -855,27 +855,30 @@ async fn concurrent_appends_stay_gapless_and_chained() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn holder_and_license_search_spans_the_index_and_its_tail() {
+async fn subject_search_spans_the_index_and_its_tail() {
     let s = TestServer::start().await;
     let regulator = s.regulator_token().await;
-    let rec = |holder: &str, license: &str| {
+    // Record i: holder h_{i%3}, license L{i%4}, actor ent_{i%2}, type T{i%5},
+    // action license.verified when i%6 == 0 (else license.retrieved).
+    let rec = |i: usize| {
+        let action = if i % 6 == 0 {
+            "license.verified"
+        } else {
+            "license.retrieved"
+        };
         AuditEvent::new(
             ActorKind::Entity,
-            "ent_x",
-            "license.retrieved",
+            format!("ent_{}", i % 2),
+            action,
             Outcome::Success,
         )
-        .holder(holder)
-        .license(license)
+        .holder(format!("h_{}", i % 3))
+        .license(format!("L{}", i % 4))
+        .license_type(format!("T{}", i % 5))
     };
     let mut last = 0;
     for i in 0..10 {
-        last = s
-            .services
-            .audit
-            .record(rec(&format!("h_{}", i % 3), &format!("L{}", i % 4)))
-            .await
-            .unwrap();
+        last = s.services.audit.record(rec(i)).await.unwrap();
     }
     // Index what is there (the server's own indexer may have taken part of
     // it already), then append more that the index has not reached. Should
@@ -889,11 +892,7 @@ async fn holder_and_license_search_spans_the_index_and_its_tail() {
             .unwrap();
     assert!(covered >= last, "the index covers the first ten records");
     for i in 10..20 {
-        s.services
-            .audit
-            .record(rec(&format!("h_{}", i % 3), &format!("L{}", i % 4)))
-            .await
-            .unwrap();
+        s.services.audit.record(rec(i)).await.unwrap();
     }
     let seqs = |q: String| {
         let s = &s;
@@ -913,7 +912,9 @@ async fn holder_and_license_search_spans_the_index_and_its_tail() {
                 .collect::<Vec<_>>()
         }
     };
-    let all = seqs("action=license.retrieved&limit=1000".into()).await;
+    let mut all = seqs("action=license.retrieved&limit=1000".into()).await;
+    all.extend(seqs("action=license.verified&limit=1000".into()).await);
+    all.sort_unstable();
     assert_eq!(all.len(), 20);
     let expect = |pred: &dyn Fn(usize) -> bool| {
         all.iter()
@@ -927,6 +928,24 @@ async fn holder_and_license_search_spans_the_index_and_its_tail() {
     assert_eq!(
         seqs("holder=h_0&license=L0".into()).await,
         expect(&|i| i % 3 == 0 && i % 4 == 0)
+    );
+    assert_eq!(seqs("entity=ent_1".into()).await, expect(&|i| i % 2 == 1));
+    assert_eq!(
+        seqs("license_type=T3".into()).await,
+        expect(&|i| i % 5 == 3)
+    );
+    assert_eq!(
+        seqs("action=license.verified".into()).await,
+        expect(&|i| i % 6 == 0)
+    );
+    assert_eq!(
+        seqs("action=license.retrieved&entity=ent_0&license_type=T2".into()).await,
+        expect(&|i| i % 6 != 0 && i % 2 == 0 && i % 5 == 2)
+    );
+    // A cursor inside the indexed part starts the index walk there.
+    assert_eq!(
+        seqs(format!("entity=ent_0&after={}", all[4])).await,
+        expect(&|i| i % 2 == 0 && i > 4)
     );
     // Paging through a holder's records crosses from the index into the tail.
     let first: Value = s

@@ -579,3 +579,59 @@ async fn sender_constrained_tokens_need_their_key_at_the_resource() {
     assert_eq!(call("DPoP", Some(proof)).await.0, 401);
     w.s.stop().await;
 }
+
+#[tokio::test]
+async fn the_access_history_shows_the_newest_reads_of_a_long_history() {
+    let w = world_with(|_| {}).await;
+    let (id, secret) = bank(&w, "91310000MA1RTRWB0", json!({})).await;
+    let token = at(&consent_tokens(&w, &id, &secret.unwrap(), &details(Some(30), Some(3))).await);
+    let holder_id = jwt_part(&token, 1)["sub"].as_str().unwrap().to_owned();
+    // A thousand older reads of this holder's licenses by someone else.
+    let old: Vec<_> = (0..1000)
+        .map(|i| {
+            licensegate::audit::AuditEvent::new(
+                licensegate::audit::ActorKind::Entity,
+                "ent_earlier",
+                if i % 2 == 0 {
+                    "license.retrieved"
+                } else {
+                    "license.verified"
+                },
+                licensegate::audit::Outcome::Success,
+            )
+            .holder(&holder_id)
+        })
+        .collect();
+    w.s.services.audit.record_all(old).await.unwrap();
+    let covered: Value = api(&w, &token, "/api/v1/licenses")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let identifier = covered["licenses"][0]["identifier"].as_str().unwrap();
+    let res = api(&w, &token, &format!("/api/v1/licenses/{identifier}")).await;
+    assert_eq!(res.status(), 200);
+
+    let mut b = Browser::new(&w.s.base);
+    b.login_via("/holder/consents", &w.holder.0, &w.holder.1)
+        .await;
+    let history: Value = b
+        .http
+        .get(w.s.url("/holder/v1/access-history"))
+        .header("cookie", b.cookie_header())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let history = history.as_array().unwrap();
+    assert_eq!(history.len(), 1000, "the last thousand reads and checks");
+    assert_eq!(history[0]["entity"], id, "the newest read comes first");
+    assert_eq!(history[0]["action"], "license.retrieved");
+    assert_eq!(history[0]["license"], identifier);
+    assert!(history[1..].iter().all(|e| e["entity"] == "ent_earlier"));
+    let seqs: Vec<i64> = history.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|p| p[0] > p[1]), "newest first");
+    w.s.stop().await;
+}

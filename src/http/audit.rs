@@ -146,6 +146,7 @@ impl SearchQuery {
             outcome: self.outcome.clone(),
             after: self.after,
             until_seq: None,
+            newest_first: false,
         })
     }
 

@@ -960,21 +960,23 @@ async fn access_history(
 }
 
 /// Every retrieval and verification of a holder's licenses, newest first
-/// (the last 1000 records about the holder).
+/// (the last 1000 of them).
 pub(crate) async fn access_entries(state: &AppState, holder_id: &str) -> Result<Vec<AccessEntry>> {
-    let records = state
-        .store
-        .audit_records(
-            &crate::store::audit::AuditFilter {
-                holder: Some(holder_id.to_owned()),
-                ..Default::default()
-            },
-            1000,
-        )
-        .await?;
-    let mut out: Vec<AccessEntry> = records
+    const SHOWN: usize = 1000;
+    let mut records = Vec::with_capacity(SHOWN);
+    for action in ["license.retrieved", "license.verified"] {
+        let filter = crate::store::audit::AuditFilter {
+            holder: Some(holder_id.to_owned()),
+            action: Some(action.to_owned()),
+            newest_first: true,
+            ..Default::default()
+        };
+        records.extend(state.store.audit_records(&filter, SHOWN as i64).await?);
+    }
+    records.sort_unstable_by_key(|r| std::cmp::Reverse(r.seq));
+    records.truncate(SHOWN);
+    Ok(records
         .into_iter()
-        .filter(|r| r.action == "license.retrieved" || r.action == "license.verified")
         .map(|r| AccessEntry {
             time: r.time,
             action: r.action,
@@ -986,7 +988,5 @@ pub(crate) async fn access_entries(state: &AppState, holder_id: &str) -> Result<
             detail: r.reason,
             seq: r.seq,
         })
-        .collect();
-    out.reverse();
-    Ok(out)
+        .collect())
 }

@@ -311,6 +311,7 @@ impl SearchQuery {
             outcome: opt(&self.outcome),
             after: self.after,
             until_seq: None,
+            newest_first: false,
         }))
     }
 }
