@@ -327,6 +327,28 @@ async fn onboarding_use_list_suspension_and_rotation() {
         .await
         .unwrap();
     assert_eq!(all["items"].as_array().unwrap().len(), 1);
+
+    // The entity's history (the operator console's page): its lifecycle
+    // records only, the same whether the subject index has reached them or not.
+    let store = &s.services.store;
+    let history = store.entity_history(&id).await.unwrap();
+    let actions: Vec<&str> = history.iter().map(|r| r.action.as_str()).collect();
+    for a in ["entity.applied", "entity.approved", "entity.suspended"] {
+        assert!(actions.contains(&a), "{a} in {actions:?}");
+    }
+    assert!(history.iter().all(|r| (r.action.starts_with("entity.")
+        || r.action.starts_with("scenario."))
+        && (r.actor_id == id || r.reason.as_deref().is_some_and(|t| t.starts_with(&id)))));
+    assert!(history.windows(2).all(|p| p[0].seq < p[1].seq));
+    while store.index_audit_subjects(1000).await.unwrap() > 0 {}
+    let indexed: Vec<i64> = store
+        .entity_history(&id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(indexed, history.iter().map(|r| r.seq).collect::<Vec<_>>());
     s.stop().await;
 }
 

@@ -214,13 +214,31 @@ impl Store {
     }
 
     /// An entity's lifecycle records (applied, approved, suspended, scenarios…), oldest first.
+    ///
+    /// Only the lifecycle records of all entities are read: their action
+    /// entries in the subject index (`v:entity.…`, `v:scenario.…`), and the
+    /// tail the index has not reached, never the whole log.
     pub async fn entity_history(&self, id: &str) -> Result<Vec<crate::audit::AuditRecord>> {
         let seqs: Vec<i64> = sqlx::query(
-            "SELECT seq FROM audit_records WHERE (action LIKE 'entity.%' OR action LIKE 'scenario.%')
-               AND (actor_id = $1 OR reason LIKE $2) ORDER BY seq LIMIT 500",
+            "SELECT seq FROM audit_records WHERE seq IN (
+                 SELECT seq FROM audit_subject_index
+                  WHERE (subject >= 'v:entity.' AND subject < 'v:entity/')
+                     OR (subject >= 'v:scenario.' AND subject < 'v:scenario/')
+                 UNION ALL
+                 SELECT seq FROM audit_records
+                  WHERE seq > (SELECT indexed_upto FROM audit_index_state WHERE id = 1)
+             )
+               AND (action LIKE 'entity.%' OR action LIKE 'scenario.%')
+               AND (actor_id = $1 OR reason LIKE $2 ESCAPE '\\') ORDER BY seq LIMIT 500",
         )
         .bind(id)
-        .bind(format!("{id}%"))
+        // The operator's records name the entity first in their reason.
+        .bind(format!(
+            "{}%",
+            id.replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        ))
         .fetch_all(self.reader())
         .await?
         .iter()
