@@ -86,6 +86,11 @@ async fn main() {
     s.checkpoints.create().await.expect("checkpoint");
     indexer.abort();
     wal.abort();
+    // Verification alone from here: the index catches up and the WAL is
+    // copied back first (an aborted indexer's last statement would otherwise
+    // still run beside the verification).
+    while s.store.index_audit_subjects(20_000).await.expect("index") > 0 {}
+    s.store.checkpoint_wal().await.expect("WAL checkpoint");
 
     let keys = keys_from_jwks(&s.keys.jwks(licensegate::keys::BROKER).await.expect("jwks"));
     let start = Instant::now();

@@ -1032,3 +1032,54 @@ async fn monthly_archive_segments_verify_as_one_chain() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlite_wal_stays_bounded_under_steady_appends() {
+    if backend() != "sqlite" {
+        return;
+    }
+    let s = TestServer::start().await;
+    // Writers that never pause, ten times the restart threshold's worth of
+    // pages: a passive checkpoint never catches up with them, so without the
+    // server's restarts the WAL file would hold all of it.
+    let limit = licensegate::store::WAL_RESTART_FRAMES;
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let writers: Vec<_> = (0..8)
+        .map(|_| {
+            let (audit, written) = (s.services.audit.clone(), written.clone());
+            tokio::spawn(async move {
+                let big = "x".repeat(1500);
+                while written.load(std::sync::atomic::Ordering::Relaxed) * 1500 / 4096 < 10 * limit
+                {
+                    let events = (0..200)
+                        .map(|_| {
+                            AuditEvent::new(
+                                ActorKind::System,
+                                "test",
+                                "test.event",
+                                Outcome::Success,
+                            )
+                            .reason(big.clone())
+                        })
+                        .collect();
+                    let n = audit.record_all(events).await.unwrap().len() as i64;
+                    written.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let wal = std::fs::metadata(s.dir.path().join("licensegate.db-wal"))
+        .unwrap()
+        .len() as i64;
+    assert!(
+        wal < 6 * limit * 4096,
+        "{} records written, the WAL file grew to {wal} bytes",
+        written.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    let (ok, report) = cli_verify(&s);
+    assert!(ok, "{report}");
+    s.stop().await;
+}
