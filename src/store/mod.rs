@@ -209,7 +209,11 @@ impl Store {
                 // the WAL then starts over after a later checkpoint).
                 conn.execute("PRAGMA busy_timeout = 20").await?;
                 let restarted = conn.execute("PRAGMA wal_checkpoint(RESTART)").await;
-                conn.execute("PRAGMA busy_timeout = 5000").await?;
+                if let Err(e) = conn.execute("PRAGMA busy_timeout = 5000").await {
+                    // Left with the short timeout: closed, not reused.
+                    conn.close_on_drop();
+                    return Err(e.into());
+                }
                 restarted?;
             }
         }
