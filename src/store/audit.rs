@@ -79,6 +79,18 @@ const COLUMNS: &str = concat!("seq, ", after_seq!());
 /// [`COLUMNS`] but the first.
 const AFTER_SEQ: &str = after_seq!();
 
+/// The derived subject index's entries: each prefix and the column after it,
+/// in the order a search picks the filter it walks the index for (the most
+/// selective first). Migrations sqlite/0012 and postgres/0011 added the last
+/// three to records indexed before them.
+const SUBJECTS: [(&str, &str); 5] = [
+    ("h:", "holder"),
+    ("l:", "license"),
+    ("a:", "actor_id"),
+    ("t:", "license_type"),
+    ("v:", "action"),
+];
+
 /// Decodes a row selected with [`COLUMNS`], by position (verification reads
 /// every record, and looking columns up by name costs more than the hashing).
 fn record_from_row(row: &AnyRow) -> Result<AuditRecord> {
@@ -133,7 +145,19 @@ fn head_from_row(row: &AnyRow) -> Result<Head> {
 /// SQLite the rows are materialized first: `json_each` renders an element's
 /// `value` as text each time it is read, 16 times per row otherwise (perf:
 /// about a third of the writer thread at 64 writers).
-fn insert_sql(sqlite: bool) -> String {
+fn insert_sql(sqlite: bool) -> &'static str {
+    static SQLITE: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| build_insert_sql(true));
+    static POSTGRES: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| build_insert_sql(false));
+    if sqlite {
+        &SQLITE
+    } else {
+        &POSTGRES
+    }
+}
+
+fn build_insert_sql(sqlite: bool) -> String {
     let cols = (0..16)
         .map(|i| match (sqlite, i) {
             (true, _) => format!("v ->> {i}"),
@@ -202,7 +226,7 @@ impl Store {
         let sqlite = conn.backend_name().eq_ignore_ascii_case("sqlite");
         let rows: Vec<serde_json::Value> = records.iter().map(record_json).collect();
         let payload = serde_json::to_string(&rows).map_err(Error::internal)?;
-        let done = sqlx::query(&insert_sql(sqlite))
+        let done = sqlx::query(insert_sql(sqlite))
             .bind(payload)
             .execute(&mut *conn)
             .await?;
@@ -243,15 +267,10 @@ impl Store {
                AND ($9 IS NULL OR seq > $9) AND ($10 IS NULL OR seq <= $10)";
         // The most selective subject filter goes through the index; the
         // others are checked on the records it leads to.
-        let subject = [
-            ("h:", &f.holder),
-            ("l:", &f.license),
-            ("a:", &f.actor),
-            ("t:", &f.license_type),
-            ("v:", &f.action),
-        ]
-        .into_iter()
-        .find_map(|(prefix, v)| v.as_ref().map(|v| format!("{prefix}{v}")));
+        let subject = SUBJECTS
+            .iter()
+            .zip([&f.holder, &f.license, &f.actor, &f.license_type, &f.action])
+            .find_map(|((prefix, _), v)| v.as_ref().map(|v| format!("{prefix}{v}")));
         let order = if f.newest_first { "DESC" } else { "ASC" };
         let sql = match subject {
             None => format!(
@@ -327,26 +346,21 @@ impl Store {
         };
         // Built in the database (nothing crosses the driver), sorted so the
         // batch walks the index once from left to right.
-        sqlx::query(
+        let entries = SUBJECTS
+            .iter()
+            .map(|(prefix, column)| {
+                format!(
+                    "SELECT '{prefix}' || {column} AS subject, seq FROM audit_records
+                      WHERE seq > $1 AND seq <= $2 AND {column} IS NOT NULL"
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        sqlx::query(&format!(
             "INSERT INTO audit_subject_index (subject, seq)
-             SELECT subject, seq FROM (
-                 SELECT 'h:' || holder AS subject, seq FROM audit_records
-                  WHERE seq > $1 AND seq <= $2 AND holder IS NOT NULL
-                 UNION ALL
-                 SELECT 'l:' || license AS subject, seq FROM audit_records
-                  WHERE seq > $1 AND seq <= $2 AND license IS NOT NULL
-                 UNION ALL
-                 SELECT 'a:' || actor_id AS subject, seq FROM audit_records
-                  WHERE seq > $1 AND seq <= $2
-                 UNION ALL
-                 SELECT 't:' || license_type AS subject, seq FROM audit_records
-                  WHERE seq > $1 AND seq <= $2 AND license_type IS NOT NULL
-                 UNION ALL
-                 SELECT 'v:' || action AS subject, seq FROM audit_records
-                  WHERE seq > $1 AND seq <= $2
-             ) AS s WHERE true ORDER BY subject, seq
-             ON CONFLICT DO NOTHING",
-        )
+             SELECT subject, seq FROM ({entries}) AS s WHERE true ORDER BY subject, seq
+             ON CONFLICT DO NOTHING"
+        ))
         .bind(upto)
         .bind(last)
         .execute(&mut *tx)
