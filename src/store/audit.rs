@@ -75,7 +75,7 @@ macro_rules! after_seq {
     };
 }
 /// Every column of `audit_records`, in encoding order.
-const COLUMNS: &str = concat!("seq, ", after_seq!());
+pub(crate) const COLUMNS: &str = concat!("seq, ", after_seq!());
 /// [`COLUMNS`] but the first.
 const AFTER_SEQ: &str = after_seq!();
 
@@ -93,7 +93,7 @@ const SUBJECTS: [(&str, &str); 5] = [
 
 /// Decodes a row selected with [`COLUMNS`], by position (verification reads
 /// every record, and looking columns up by name costs more than the hashing).
-fn record_from_row(row: &AnyRow) -> Result<AuditRecord> {
+pub(crate) fn record_from_row(row: &AnyRow) -> Result<AuditRecord> {
     use sqlx::Row;
     Ok(AuditRecord {
         seq: row.try_get(0)?,

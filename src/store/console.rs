@@ -219,8 +219,8 @@ impl Store {
     /// entries in the subject index (`v:entity.…`, `v:scenario.…`), and the
     /// tail the index has not reached, never the whole log.
     pub async fn entity_history(&self, id: &str) -> Result<Vec<crate::audit::AuditRecord>> {
-        let seqs: Vec<i64> = sqlx::query(
-            "SELECT seq FROM audit_records WHERE seq IN (
+        let records = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM audit_records WHERE seq IN (
                  SELECT seq FROM audit_subject_index
                   WHERE (subject >= 'v:entity.' AND subject < 'v:entity/')
                      OR (subject >= 'v:scenario.' AND subject < 'v:scenario/')
@@ -230,7 +230,8 @@ impl Store {
              )
                AND (action LIKE 'entity.%' OR action LIKE 'scenario.%')
                AND (actor_id = $1 OR reason LIKE $2 ESCAPE '\\') ORDER BY seq LIMIT 500",
-        )
+            COLUMNS = crate::store::audit::COLUMNS
+        ))
         .bind(id)
         // The operator's records name the entity first in their reason.
         .bind(format!(
@@ -240,14 +241,10 @@ impl Store {
                 .replace('_', "\\_")
         ))
         .fetch_all(self.reader())
-        .await?
-        .iter()
-        .map(|r| col(r, "seq"))
-        .collect::<Result<_>>()?;
-        let mut out = Vec::with_capacity(seqs.len());
-        for s in seqs {
-            out.extend(self.audit_range(s - 1, s).await?);
-        }
-        Ok(out)
+        .await?;
+        records
+            .iter()
+            .map(crate::store::audit::record_from_row)
+            .collect()
     }
 }
