@@ -34,6 +34,22 @@ async fn notices(w: &World, holder_id: &str, kinds: &[&str]) -> usize {
         .count()
 }
 
+/// The holder's access history, as the holder's pages fetch it.
+async fn access_history(w: &World) -> Value {
+    let mut b = Browser::new(&w.s.base);
+    b.login_via("/holder/consents", &w.holder.0, &w.holder.1)
+        .await;
+    b.http
+        .get(w.s.url("/holder/v1/access-history"))
+        .header("cookie", b.cookie_header())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn status_and_challenge(res: reqwest::Response) -> (u16, String) {
     let status = res.status().as_u16();
     let challenge = res
@@ -209,19 +225,7 @@ async fn retrieval_serves_only_what_was_consented_and_proves_it() {
     );
 
     // The holder sees every read, and a notification is queued for each.
-    let mut b = Browser::new(&w.s.base);
-    b.login_via("/holder/consents", &w.holder.0, &w.holder.1)
-        .await;
-    let history: Value = b
-        .http
-        .get(w.s.url("/holder/v1/access-history"))
-        .header("cookie", b.cookie_header())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let history = access_history(&w).await;
     let reads = history
         .as_array()
         .unwrap()
@@ -612,19 +616,7 @@ async fn the_access_history_shows_the_newest_reads_of_a_long_history() {
     let res = api(&w, &token, &format!("/api/v1/licenses/{identifier}")).await;
     assert_eq!(res.status(), 200);
 
-    let mut b = Browser::new(&w.s.base);
-    b.login_via("/holder/consents", &w.holder.0, &w.holder.1)
-        .await;
-    let history: Value = b
-        .http
-        .get(w.s.url("/holder/v1/access-history"))
-        .header("cookie", b.cookie_header())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let history = access_history(&w).await;
     let history = history.as_array().unwrap();
     assert_eq!(history.len(), 1000, "the last thousand reads and checks");
     assert_eq!(history[0]["entity"], id, "the newest read comes first");
