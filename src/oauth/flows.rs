@@ -36,7 +36,7 @@ use crate::licenses::{effective_status, today, LicenseStatus};
 use crate::policy::Flow;
 use crate::store::consent::{AuthRequestRow, CodeRow, ShowCodeRow};
 use crate::store::entities::EntityRow;
-use crate::store::{now, timestamp};
+use crate::store::{now, timestamp, unix_millis};
 
 /// Prefix of request URIs (RFC 9126 §2.2).
 pub const REQUEST_URI_PREFIX: &str = "urn:ietf:params:oauth:request_uri:";
@@ -546,7 +546,7 @@ pub async fn backchannel(
         consent_id: None,
         public_id: random_token(12)?,
         poll_interval: interval,
-        next_poll_at: t.unix_timestamp(),
+        next_poll_at: unix_millis(t),
         expires_at: t.unix_timestamp() + lifetime,
         created_at: timestamp(t),
     };

@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::keys::{b64url, constant_time_eq, random_token, sha256};
 use crate::policy::Flow;
 use crate::store::consent::{ConsentRow, RefreshRow};
-use crate::store::{now, timestamp, Store};
+use crate::store::{now, timestamp, unix_millis, Store};
 
 /// The CIBA grant type.
 pub const CIBA_GRANT: &str = "urn:openid:params:grant-type:ciba";
@@ -373,11 +373,12 @@ impl TokenGrant<'_> {
             }
             _ => {}
         }
-        if now_unix < row.next_poll_at {
+        let now_ms = unix_millis(now());
+        if now_ms < row.next_poll_at {
             let interval = row.poll_interval + 5;
             self.services
                 .store
-                .set_next_poll(&digest, now_unix + interval, interval)
+                .set_next_poll(&digest, now_ms + interval * 1000, interval)
                 .await?;
             return err(
                 OAuthErrorCode::SlowDown,
@@ -386,7 +387,11 @@ impl TokenGrant<'_> {
         }
         self.services
             .store
-            .set_next_poll(&digest, now_unix + row.poll_interval, row.poll_interval)
+            .set_next_poll(
+                &digest,
+                now_ms + row.poll_interval * 1000,
+                row.poll_interval,
+            )
             .await?;
         if row.status == "pending" {
             return err(

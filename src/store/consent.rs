@@ -75,7 +75,8 @@ pub struct AuthRequestRow {
     pub public_id: String,
     /// CIBA: seconds between polls.
     pub poll_interval: i64,
-    /// CIBA: earliest next poll (unix seconds).
+    /// CIBA: earliest next poll (unix milliseconds: a poll a few milliseconds
+    /// after the last one is too early even across a second boundary).
     pub next_poll_at: i64,
     /// Expiry (unix seconds).
     pub expires_at: i64,
@@ -410,7 +411,8 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Records a CIBA poll: the next poll may come at `next_poll_at`, every `interval` seconds.
+    /// Records a CIBA poll: the next poll may come at `next_poll_at` (unix
+    /// milliseconds), every `interval` seconds.
     pub async fn set_next_poll(
         &self,
         digest: &[u8],

@@ -279,6 +279,11 @@ pub fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
 
+/// Unix time in whole milliseconds.
+pub fn unix_millis(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
 /// Fixed-width RFC 3339 UTC timestamp, so text order is time order.
 pub fn timestamp(t: OffsetDateTime) -> String {
     let fmt =
