@@ -53,6 +53,15 @@ async fn main() {
         .find(|a| a.chars().all(|c| c.is_ascii_digit()))
         .and_then(|a| a.parse().ok())
         .unwrap_or(200_000);
+    // Warnings on stderr: a background task that fails (the indexer, the WAL
+    // checkpoints) would otherwise go unseen and flatter the figures.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     let dir = tempfile::tempdir().expect("tempdir");
     let settings = Settings {
         data_dir: Some(dir.path().to_path_buf()),
@@ -89,7 +98,21 @@ async fn main() {
     // Verification alone from here: the index catches up and the WAL is
     // copied back first (an aborted indexer's last statement would otherwise
     // still run beside the verification).
-    while s.store.index_audit_subjects(20_000).await.expect("index") > 0 {}
+    // How far the background indexer fell behind: appends that outran it
+    // would leave the work (and long unindexed tails for searches) to later.
+    let start = Instant::now();
+    let mut lag = 0;
+    loop {
+        let n = s.store.index_audit_subjects(20_000).await.expect("index");
+        if n == 0 {
+            break;
+        }
+        lag += n;
+    }
+    println!(
+        "subject index behind the appends at their end: {lag} records (caught up in {:.2} s)",
+        start.elapsed().as_secs_f64()
+    );
     s.store.checkpoint_wal().await.expect("WAL checkpoint");
 
     let keys = keys_from_jwks(&s.keys.jwks(licensegate::keys::BROKER).await.expect("jwks"));
