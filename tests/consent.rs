@@ -911,22 +911,28 @@ async fn decoupled_flow_and_showing_a_license() {
         }
     };
     // The two polls straddle a second boundary (the first just before it,
-    // the second just after): the second is still too early. A whole-second
-    // clock once let it through as `authorization_pending`.
-    let until_next_second = |offset_ms: i64| {
-        let ms = std::time::SystemTime::now()
+    // the second just after, or at once if the first ended after it): the
+    // second is still too early. A whole-second clock once let it through as
+    // `authorization_pending`.
+    let unix_ms = || {
+        std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
-            .as_millis() as i64
-            % 1000;
-        std::time::Duration::from_millis(((1000 - ms + offset_ms).rem_euclid(1000)) as u64)
+            .as_millis() as u64
     };
-    tokio::time::sleep(until_next_second(-100)).await;
+    let boundary = (unix_ms() + 100) / 1000 * 1000 + 1000;
+    tokio::time::sleep(std::time::Duration::from_millis(
+        (boundary - 100).saturating_sub(unix_ms()),
+    ))
+    .await;
     assert_eq!(
         poll(auth_req_id.clone()).await.1["error"],
         "authorization_pending"
     );
-    tokio::time::sleep(until_next_second(50)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(
+        (boundary + 50).saturating_sub(unix_ms()),
+    ))
+    .await;
     assert_eq!(poll(auth_req_id.clone()).await.1["error"], "slow_down");
 
     // The holder sees the request, with the binding message, and approves it.
