@@ -363,7 +363,8 @@ impl TokenGrant<'_> {
         if row.client_id != self.client.client_id {
             return Err(grant_error("auth_req_id was issued to another client"));
         }
-        let now_unix = now().unix_timestamp();
+        let t = now();
+        let now_unix = t.unix_timestamp();
         let err = |code, msg: &str| Err(OAuthError::new(code, msg));
         match row.status.as_str() {
             "denied" => return err(OAuthErrorCode::AccessDenied, "the holder refused"),
@@ -373,26 +374,20 @@ impl TokenGrant<'_> {
             }
             _ => {}
         }
-        let now_ms = unix_millis(now());
-        if now_ms < row.next_poll_at {
-            let interval = row.poll_interval + 5;
-            self.services
-                .store
-                .set_next_poll(&digest, now_ms + interval * 1000, interval)
-                .await?;
+        // A poll before its time slows the client down by five more seconds.
+        let now_ms = unix_millis(t);
+        let too_early = now_ms < row.next_poll_at;
+        let interval = row.poll_interval + if too_early { 5 } else { 0 };
+        self.services
+            .store
+            .set_next_poll(&digest, now_ms + interval * 1000, interval)
+            .await?;
+        if too_early {
             return err(
                 OAuthErrorCode::SlowDown,
                 &format!("poll at most every {interval} seconds"),
             );
         }
-        self.services
-            .store
-            .set_next_poll(
-                &digest,
-                now_ms + row.poll_interval * 1000,
-                row.poll_interval,
-            )
-            .await?;
         if row.status == "pending" {
             return err(
                 OAuthErrorCode::AuthorizationPending,
