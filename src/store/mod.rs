@@ -59,6 +59,10 @@ pub struct Store {
 /// start over: 16 MiB of 4 KiB pages.
 pub const WAL_RESTART_FRAMES: i64 = 4096;
 
+/// How long a SQLite connection waits for a lock (`PRAGMA busy_timeout`),
+/// set on every connection and restored after a WAL restart's short wait.
+const BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 5000";
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -209,7 +213,7 @@ impl Store {
                 // the WAL then starts over after a later checkpoint).
                 conn.execute("PRAGMA busy_timeout = 20").await?;
                 let restarted = conn.execute("PRAGMA wal_checkpoint(RESTART)").await;
-                if let Err(e) = conn.execute("PRAGMA busy_timeout = 5000").await {
+                if let Err(e) = conn.execute(BUSY_TIMEOUT).await {
                     // Left with the short timeout: closed, not reused.
                     conn.close_on_drop();
                     return Err(e.into());
@@ -258,7 +262,7 @@ async fn sqlite_pool(
                 conn.execute("PRAGMA journal_mode = WAL").await?;
                 conn.execute("PRAGMA synchronous = FULL").await?;
                 conn.execute("PRAGMA foreign_keys = ON").await?;
-                conn.execute("PRAGMA busy_timeout = 5000").await?;
+                conn.execute(BUSY_TIMEOUT).await?;
                 // The audit log's indexes grow without bound; a larger page
                 // cache and memory-mapped reads keep their upper levels out of
                 // read() system calls (measured: benches/audit.rs).
