@@ -237,16 +237,7 @@ async fn redirect_flow_with_an_independent_client_library() {
     );
 
     // The holder's API lists the consent with a signed receipt.
-    let mine: Value = b
-        .http
-        .get(w.s.url("/holder/v1/consents"))
-        .header("cookie", b.cookie_header())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mine = b.get_json("/holder/v1/consents").await;
     assert_eq!(mine[0]["id"], consent_id);
     let receipt = mine[0]["receipt"].as_str().unwrap();
     verify_with_jwks(receipt, &jwks);

@@ -39,15 +39,7 @@ async fn access_history(w: &World) -> Value {
     let mut b = Browser::new(&w.s.base);
     b.login_via("/holder/consents", &w.holder.0, &w.holder.1)
         .await;
-    b.http
-        .get(w.s.url("/holder/v1/access-history"))
-        .header("cookie", b.cookie_header())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    b.get_json("/holder/v1/access-history").await
 }
 
 async fn status_and_challenge(res: reqwest::Response) -> (u16, String) {

@@ -93,6 +93,11 @@ impl Browser {
         self.finish(res).await
     }
 
+    /// A JSON API the holder's pages call, with this browser's session.
+    pub async fn get_json(&mut self, path: &str) -> Value {
+        serde_json::from_str(&self.get(path).await.body).unwrap()
+    }
+
     pub async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
         let res = self
             .http
