@@ -97,9 +97,8 @@ async fn main() {
     wal.abort();
     // Verification alone from here: the index catches up and the WAL is
     // copied back first (an aborted indexer's last statement would otherwise
-    // still run beside the verification).
-    // How far the background indexer fell behind: appends that outran it
-    // would leave the work (and long unindexed tails for searches) to later.
+    // still run beside the verification). How far the index was behind shows
+    // whether the background indexer kept up with the appends.
     let start = Instant::now();
     let mut lag = 0;
     loop {
