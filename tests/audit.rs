@@ -854,6 +854,31 @@ async fn concurrent_appends_stay_gapless_and_chained() {
     s.stop().await;
 }
 
+/// Indexes every record now in the log; returns how far the index reaches.
+async fn index_all(s: &TestServer) -> i64 {
+    while s.services.store.index_audit_subjects(1000).await.unwrap() > 0 {}
+    sqlx::query_scalar("SELECT indexed_upto FROM audit_index_state WHERE id = 1")
+        .fetch_one(s.services.store.reader())
+        .await
+        .unwrap()
+}
+
+/// The sequence numbers of a search's first page.
+async fn record_seqs(s: &TestServer, token: &str, query: &str) -> Vec<i64> {
+    let page: Value = s
+        .get(token, &format!("/audit/v1/records?{query}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_i64().unwrap())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subject_search_spans_the_index_and_its_tail() {
     let s = TestServer::start().await;
@@ -884,33 +909,14 @@ async fn subject_search_spans_the_index_and_its_tail() {
     // it already), then append more that the index has not reached. Should
     // the background indexer reach the tail before the searches, they must
     // give the same answers, so the assertions hold either way.
-    while s.services.store.index_audit_subjects(1000).await.unwrap() > 0 {}
-    let covered: i64 =
-        sqlx::query_scalar("SELECT indexed_upto FROM audit_index_state WHERE id = 1")
-            .fetch_one(s.services.store.writer())
-            .await
-            .unwrap();
+    let covered = index_all(&s).await;
     assert!(covered >= last, "the index covers the first ten records");
     for i in 10..20 {
         s.services.audit.record(rec(i)).await.unwrap();
     }
     let seqs = |q: String| {
-        let s = &s;
-        let regulator = regulator.clone();
-        async move {
-            let page: Value = s
-                .get(&regulator, &format!("/audit/v1/records?{q}"))
-                .await
-                .json()
-                .await
-                .unwrap();
-            page["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r["seq"].as_i64().unwrap())
-                .collect::<Vec<_>>()
-        }
+        let (s, regulator) = (&s, regulator.clone());
+        async move { record_seqs(s, &regulator, &q).await }
     };
     let mut all = seqs("action=license.retrieved&limit=1000".into()).await;
     all.extend(seqs("action=license.verified&limit=1000".into()).await);
@@ -1081,5 +1087,84 @@ async fn the_sqlite_wal_stays_bounded_under_steady_appends() {
     );
     let (ok, report) = cli_verify(&s);
     assert!(ok, "{report}");
+    s.stop().await;
+}
+
+/// On SQLite the subject index lives in a file of its own beside the log's
+/// (`<log file>.audit-index`). It is derived data: a missing index file is
+/// rebuilt, and an index that claims more records than the log holds (the
+/// log's file restored from an older copy) is started over, so that its
+/// entries cannot hide the records that take those sequence numbers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlite_subject_index_is_rebuilt_when_lost_or_ahead_of_the_log() {
+    if backend() != "sqlite" {
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let start = || {
+        let dir = data.path().to_path_buf();
+        TestServer::start_with(move |s| s.data_dir = Some(dir))
+    };
+    let index_file = data.path().join("licensegate.db.audit-index");
+    let rec = |i: usize| {
+        AuditEvent::new(
+            ActorKind::Entity,
+            "ent_1",
+            "license.retrieved",
+            Outcome::Success,
+        )
+        .holder(format!("h_{}", i % 2))
+    };
+    let s = start().await;
+    let mut h1 = Vec::new();
+    for i in 0..10 {
+        let seq = s.services.audit.record(rec(i)).await.unwrap();
+        if i % 2 == 1 {
+            h1.push(seq);
+        }
+    }
+    assert!(index_all(&s).await >= *h1.last().unwrap());
+    assert!(index_file.exists(), "the index has its own file");
+    let regulator = s.regulator_token().await;
+    let found = record_seqs(&s, &regulator, "holder=h_1&limit=1000").await;
+    assert_eq!(found, h1);
+    s.stop().await;
+
+    // Lost: searches stay complete, and the index is filled again.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", index_file.display()));
+    }
+    let s = start().await;
+    let regulator = s.regulator_token().await;
+    let found = record_seqs(&s, &regulator, "holder=h_1&limit=1000").await;
+    assert_eq!(found, h1, "complete without the index file");
+    let covered = index_all(&s).await;
+    let last = *h1.last().unwrap();
+    assert!(covered >= last, "indexed again up to {covered}");
+    s.stop().await;
+
+    // Ahead of the log: as if the log's file were an older copy.
+    {
+        use sqlx::Connection;
+        let mut conn =
+            sqlx::SqliteConnection::connect(&format!("sqlite://{}", index_file.display()))
+                .await
+                .unwrap();
+        sqlx::query("UPDATE audit_index_state SET indexed_upto = 1000000")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    }
+    let s = start().await;
+    for i in 10..20 {
+        let seq = s.services.audit.record(rec(i)).await.unwrap();
+        if i % 2 == 1 {
+            h1.push(seq);
+        }
+    }
+    let regulator = s.regulator_token().await;
+    let found = record_seqs(&s, &regulator, "holder=h_1&limit=1000").await;
+    assert_eq!(found, h1, "the records after the restart are found too");
     s.stop().await;
 }

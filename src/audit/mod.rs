@@ -574,8 +574,7 @@ async fn append_after(
         head.hash = h;
         records.push(r);
     }
-    Store::insert_audit_records(conn, &records).await?;
-    Store::update_audit_head(conn, &head).await?;
+    Store::append_audit_records(conn, &records, &head).await?;
     Ok(records)
 }
 

@@ -138,18 +138,21 @@ fn head_from_row(row: &AnyRow) -> Result<Head> {
     })
 }
 
-/// The batch INSERT: every record of a batch travels as one JSON array
-/// parameter and the database unpacks it, so a batch of any size is one
-/// statement with one bind (binding 16 parameters per row through the driver
-/// cost more than the insert itself; measured with benches/audit.rs). On
-/// SQLite the rows are materialized first: `json_each` renders an element's
-/// `value` as text each time it is read, 16 times per row otherwise (perf:
-/// about a third of the writer thread at 64 writers).
-fn insert_sql(sqlite: bool) -> &'static str {
+/// The batch INSERT and the move of the chain head, one statement: every
+/// record of a batch travels as one JSON array parameter and the database
+/// unpacks it, so a batch of any size is one round trip with four binds
+/// (binding 16 parameters per row through the driver cost more than the
+/// insert itself; measured with benches/audit.rs). On SQLite the rows are
+/// materialized first: `json_each` renders an element's `value` as text each
+/// time it is read, 16 times per row otherwise (perf: about a third of the
+/// writer thread at 64 writers). SQLite runs the two statements of the text
+/// in order; PostgreSQL moves the head in the INSERT's own statement, and
+/// only when every row went in.
+fn append_sql(sqlite: bool) -> &'static str {
     static SQLITE: std::sync::LazyLock<String> =
-        std::sync::LazyLock::new(|| build_insert_sql(true));
+        std::sync::LazyLock::new(|| build_append_sql(true));
     static POSTGRES: std::sync::LazyLock<String> =
-        std::sync::LazyLock::new(|| build_insert_sql(false));
+        std::sync::LazyLock::new(|| build_append_sql(false));
     if sqlite {
         &SQLITE
     } else {
@@ -157,7 +160,7 @@ fn insert_sql(sqlite: bool) -> &'static str {
     }
 }
 
-fn build_insert_sql(sqlite: bool) -> String {
+fn build_append_sql(sqlite: bool) -> String {
     let cols = (0..16)
         .map(|i| match (sqlite, i) {
             (true, _) => format!("v ->> {i}"),
@@ -166,13 +169,18 @@ fn build_insert_sql(sqlite: bool) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ");
+    const HEAD: &str = "UPDATE audit_head SET seq = $2, hash = $3, frontier = $4 WHERE id = 1";
     if sqlite {
         format!(
             "WITH r AS MATERIALIZED (SELECT key, value AS v FROM json_each($1)) \
-             INSERT INTO audit_records ({COLUMNS}) SELECT {cols} FROM r ORDER BY key"
+             INSERT INTO audit_records ({COLUMNS}) SELECT {cols} FROM r ORDER BY key; {HEAD}"
         )
     } else {
-        format!("INSERT INTO audit_records ({COLUMNS}) SELECT {cols} FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS t(r, n) ORDER BY n")
+        format!(
+            "WITH ins AS (INSERT INTO audit_records ({COLUMNS}) SELECT {cols} \
+               FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS t(r, n) ORDER BY n RETURNING 1) \
+             {HEAD} AND (SELECT COUNT(*) FROM ins) = $5"
+        )
     }
 }
 
@@ -218,32 +226,29 @@ impl Store {
         head_from_row(&row)
     }
 
-    /// Inserts chained records.
-    pub async fn insert_audit_records(
+    /// Inserts chained records and moves the chain head to `head`, their last.
+    pub async fn append_audit_records(
         conn: &mut AnyConnection,
         records: &[AuditRecord],
+        head: &Head,
     ) -> Result<()> {
         let sqlite = conn.backend_name().eq_ignore_ascii_case("sqlite");
         let rows: Vec<serde_json::Value> = records.iter().map(record_json).collect();
         let payload = serde_json::to_string(&rows).map_err(Error::internal)?;
-        let done = sqlx::query(insert_sql(sqlite))
+        let n = records.len() as i64;
+        let done = sqlx::query(append_sql(sqlite))
             .bind(payload)
-            .execute(&mut *conn)
-            .await?;
-        if done.rows_affected() != records.len() as u64 {
-            return Err(Error::internal("the audit batch was not inserted whole"));
-        }
-        Ok(())
-    }
-
-    /// Moves the chain head.
-    pub async fn update_audit_head(conn: &mut AnyConnection, head: &Head) -> Result<()> {
-        sqlx::query("UPDATE audit_head SET seq = $1, hash = $2, frontier = $3 WHERE id = 1")
             .bind(head.seq)
             .bind(crate::audit::hex(&head.hash))
             .bind(head.frontier.to_bytes())
+            .bind(n)
             .execute(&mut *conn)
             .await?;
+        // SQLite counts the rows of both statements, PostgreSQL the head's.
+        let expected = if sqlite { n as u64 + 1 } else { 1 };
+        if done.rows_affected() != expected {
+            return Err(Error::internal("the audit batch was not inserted whole"));
+        }
         Ok(())
     }
 
@@ -321,7 +326,7 @@ impl Store {
     /// returns how many records it covered. Several nodes may run this: the
     /// state row lock makes them take turns.
     pub async fn index_audit_subjects(&self, max: i64) -> Result<i64> {
-        let mut tx = self.writer().begin().await?;
+        let mut tx = self.indexer().begin().await?;
         // The no-op UPDATE takes the state row's lock before reading it.
         let upto: i64 = col(
             &sqlx::query(
