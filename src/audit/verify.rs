@@ -635,13 +635,7 @@ mod tests {
     #[test]
     fn database_pages_are_read_with_their_escapes() {
         let records = chain(3);
-        let page = serde_json::to_string(
-            &records
-                .iter()
-                .map(crate::store::audit::record_json)
-                .collect::<Vec<_>>(),
-        )
-        .expect("page");
+        let page = crate::store::audit::records_json(&records).expect("page");
         let rows: Vec<RecordText> = serde_json::from_str(&page).expect("rows");
         let mut v = Verifier::new(Vec::new(), HashMap::new());
         for (row, r) in rows.iter().zip(&records) {

@@ -190,26 +190,34 @@ pub fn decode_page_json(text: &str) -> Result<Vec<AuditRecord>> {
     Ok(rows.iter().map(|r| AuditRecord::from(r.view())).collect())
 }
 
-/// A record as a JSON array in [`COLUMNS`] order (how batches are inserted).
-pub(crate) fn record_json(r: &AuditRecord) -> serde_json::Value {
-    serde_json::json!([
-        r.seq,
-        r.time,
-        r.actor_kind,
-        r.actor_id,
-        r.action,
-        r.outcome,
-        r.holder,
-        r.license,
-        r.license_type,
-        r.consent,
-        r.purpose,
-        r.reason,
-        r.request_id,
-        r.client_addr,
-        r.prev_hash,
-        r.hash
-    ])
+/// Records as one JSON array of arrays in [`COLUMNS`] order (how batches are
+/// inserted), written straight from the records (no `serde_json::Value` per
+/// record on the append path).
+pub(crate) fn records_json(records: &[AuditRecord]) -> Result<String> {
+    let rows: Vec<_> = records
+        .iter()
+        .map(|r| {
+            (
+                r.seq,
+                &r.time,
+                &r.actor_kind,
+                &r.actor_id,
+                &r.action,
+                &r.outcome,
+                &r.holder,
+                &r.license,
+                &r.license_type,
+                &r.consent,
+                &r.purpose,
+                &r.reason,
+                &r.request_id,
+                &r.client_addr,
+                &r.prev_hash,
+                &r.hash,
+            )
+        })
+        .collect();
+    serde_json::to_string(&rows).map_err(Error::internal)
 }
 
 impl Store {
@@ -233,8 +241,7 @@ impl Store {
         head: &Head,
     ) -> Result<()> {
         let sqlite = conn.backend_name().eq_ignore_ascii_case("sqlite");
-        let rows: Vec<serde_json::Value> = records.iter().map(record_json).collect();
-        let payload = serde_json::to_string(&rows).map_err(Error::internal)?;
+        let payload = records_json(records)?;
         let n = records.len() as i64;
         let done = sqlx::query(append_sql(sqlite))
             .bind(payload)
