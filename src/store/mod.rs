@@ -292,6 +292,7 @@ impl Store {
     /// Closes the pools, waiting for connections in use.
     pub async fn close(&self) {
         self.write.close().await;
+        self.index.close().await;
         self.read.close().await;
     }
 }
