@@ -2,7 +2,7 @@
 //! the rest), so this module has no UPDATE or DELETE on them.
 
 use sqlx::any::AnyRow;
-use sqlx::AnyConnection;
+use sqlx::{AnyConnection, Connection, Executor};
 
 use super::{col, Store};
 use crate::audit::merkle::Frontier;
@@ -220,6 +220,40 @@ pub(crate) fn records_json(records: &[AuditRecord]) -> Result<String> {
     serde_json::to_string(&rows).map_err(Error::internal)
 }
 
+/// The subject index's entries of the records with `$1 < seq <= $2`, built
+/// in the database (nothing crosses the driver); the caller sorts them so
+/// that a batch walks the index once from left to right.
+fn subject_entries_sql() -> String {
+    SUBJECTS
+        .iter()
+        .map(|(prefix, column)| {
+            format!(
+                "SELECT '{prefix}' || {column} AS subject, seq FROM audit_records
+                  WHERE seq > $1 AND seq <= $2 AND {column} IS NOT NULL"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
+}
+
+/// The last record of the next index batch: at most `max` records after `upto`.
+async fn next_index_batch_end(
+    conn: &mut AnyConnection,
+    upto: i64,
+    max: i64,
+) -> Result<Option<i64>> {
+    col(
+        &sqlx::query(
+            "SELECT MAX(seq) AS last FROM (SELECT seq FROM audit_records WHERE seq > $1 ORDER BY seq LIMIT $2) AS w",
+        )
+        .bind(upto)
+        .bind(max)
+        .fetch_one(&mut *conn)
+        .await?,
+        "last",
+    )
+}
+
 impl Store {
     /// Locks the chain head for this transaction and reads it. The no-op
     /// UPDATE takes the row lock on PostgreSQL and the write lock on SQLite
@@ -330,9 +364,14 @@ impl Store {
     }
 
     /// Adds up to `max` not yet indexed records to `audit_subject_index`;
-    /// returns how many records it covered. Several nodes may run this: the
-    /// state row lock makes them take turns.
+    /// returns how many records it covered. Several nodes (or processes) may
+    /// run this: on PostgreSQL the state row lock makes them take turns, on
+    /// SQLite the state's compare-and-set drops the batch of the one that
+    /// lost the race.
     pub async fn index_audit_subjects(&self, max: i64) -> Result<i64> {
+        if self.backend() == super::Backend::Sqlite {
+            return self.index_audit_subjects_sqlite(max).await;
+        }
         let mut tx = self.indexer().begin().await?;
         // The no-op UPDATE takes the state row's lock before reading it.
         let upto: i64 = col(
@@ -343,35 +382,14 @@ impl Store {
             .await?,
             "indexed_upto",
         )?;
-        let last: Option<i64> = col(
-            &sqlx::query(
-                "SELECT MAX(seq) AS last FROM (SELECT seq FROM audit_records WHERE seq > $1 ORDER BY seq LIMIT $2) AS w",
-            )
-            .bind(upto)
-            .bind(max)
-            .fetch_one(&mut *tx)
-            .await?,
-            "last",
-        )?;
-        let Some(last) = last else {
+        let Some(last) = next_index_batch_end(&mut tx, upto, max).await? else {
             return Ok(0);
         };
-        // Built in the database (nothing crosses the driver), sorted so the
-        // batch walks the index once from left to right.
-        let entries = SUBJECTS
-            .iter()
-            .map(|(prefix, column)| {
-                format!(
-                    "SELECT '{prefix}' || {column} AS subject, seq FROM audit_records
-                      WHERE seq > $1 AND seq <= $2 AND {column} IS NOT NULL"
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" UNION ALL ");
         sqlx::query(&format!(
             "INSERT INTO audit_subject_index (subject, seq)
-             SELECT subject, seq FROM ({entries}) AS s WHERE true ORDER BY subject, seq
-             ON CONFLICT DO NOTHING"
+             SELECT subject, seq FROM ({}) AS s WHERE true ORDER BY subject, seq
+             ON CONFLICT DO NOTHING",
+            subject_entries_sql()
         ))
         .bind(upto)
         .bind(last)
@@ -383,6 +401,57 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(last - upto)
+    }
+
+    /// On SQLite the index is a file of its own with the log's attached (see
+    /// [`Store::connect`]). A transaction that reads the attached log holds a
+    /// snapshot of its WAL until it ends, which keeps the log's WAL from
+    /// starting over (`Store::checkpoint_wal`), so the log is read in one
+    /// short statement into a temporary table, and only then is the sorted
+    /// batch inserted in the index's own transaction.
+    async fn index_audit_subjects_sqlite(&self, max: i64) -> Result<i64> {
+        let mut conn = self.indexer().acquire().await?;
+        let upto: i64 = col(
+            &sqlx::query("SELECT indexed_upto FROM audit_index_state WHERE id = 1")
+                .fetch_one(&mut *conn)
+                .await?,
+            "indexed_upto",
+        )?;
+        let Some(last) = next_index_batch_end(&mut conn, upto, max).await? else {
+            return Ok(0);
+        };
+        conn.execute("DROP TABLE IF EXISTS temp.audit_index_batch")
+            .await?;
+        sqlx::query(&format!(
+            "CREATE TEMP TABLE audit_index_batch AS SELECT subject, seq FROM ({})",
+            subject_entries_sql()
+        ))
+        .bind(upto)
+        .bind(last)
+        .execute(&mut *conn)
+        .await?;
+        let mut tx = (*conn).begin().await?;
+        let won = sqlx::query(
+            "UPDATE audit_index_state SET indexed_upto = $2 WHERE id = 1 AND indexed_upto = $1",
+        )
+        .bind(upto)
+        .bind(last)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if won {
+            sqlx::query(
+                "INSERT INTO audit_subject_index (subject, seq)
+                 SELECT subject, seq FROM temp.audit_index_batch WHERE true ORDER BY subject, seq
+                 ON CONFLICT DO NOTHING",
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        conn.execute("DROP TABLE temp.audit_index_batch").await?;
+        Ok(if won { last - upto } else { 0 })
     }
 
     /// Every record with `after < seq <= until`, in order, unfiltered.
