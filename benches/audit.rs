@@ -12,6 +12,10 @@ use licensegate::audit::{ActorKind, AuditEvent, AuditLog, Outcome};
 use licensegate::config::{Config, Settings};
 use licensegate::App;
 
+// As in the server binary (src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn event(i: usize) -> AuditEvent {
     AuditEvent::new(
         ActorKind::Entity,

@@ -28,6 +28,10 @@ use licensegate::App;
 mod common;
 use common::*;
 
+// As in the server binary (src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const VERIFIER: &str = "bench-verifier-0123456789-0123456789-0123456789";
 
 #[tokio::main]

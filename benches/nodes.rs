@@ -23,6 +23,10 @@ use sqlx::Connection;
 mod common;
 use common::*;
 
+// As in the server binary (src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A fresh database beside the benchmark's PostgreSQL URL: (admin URL, its URL).
 async fn fresh_database() -> (String, String) {
     let admin = std::env::var("LICENSEGATE_BENCH_PG_URL")

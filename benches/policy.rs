@@ -10,6 +10,10 @@ use licensegate::policy::{
     decide, EntityFacts, Flow, PolicyAction, PolicyEngine, Question, Resource, Scenario,
 };
 
+// As in the server binary (src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let engine = PolicyEngine::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"))
         .expect("policies");

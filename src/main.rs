@@ -19,6 +19,12 @@ use licensegate::oauth::Role;
 use licensegate::telemetry::init_logging;
 use licensegate::App;
 
+/// mimalloc instead of glibc malloc: requests allocate on one thread and free
+/// on another (tokio workers, sqlx's SQLite threads), which glibc serves
+/// slowly (see Cargo.toml for the figures).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// licensegate: the trusted authorization access system for electronic licenses.
 ///
 /// Settings come from built-in defaults, then the TOML file given with
