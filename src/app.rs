@@ -353,13 +353,14 @@ pub async fn audit_indexer(services: AppState) {
     }
 }
 
-/// Checkpoints SQLite's WAL every second, beside the writer.
+/// Checkpoints SQLite's WAL beside the writer, every
+/// [`crate::store::WAL_CHECKPOINT_INTERVAL`].
 pub async fn wal_checkpoints(services: AppState) {
     if let Err(e) = services.store.take_over_checkpoints().await {
         tracing::warn!(error = %e, "cannot take over WAL checkpoints; SQLite keeps doing them");
         return;
     }
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(crate::store::WAL_CHECKPOINT_INTERVAL);
     loop {
         tick.tick().await;
         if let Err(e) = services.store.checkpoint_wal().await {
@@ -395,7 +396,7 @@ pub async fn sync_policies(services: &Services) -> Result<()> {
 
 /// Every second: the newest published policy set.
 async fn policy_sync(services: Arc<Services>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(crate::store::WAL_CHECKPOINT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

@@ -411,6 +411,8 @@ impl Store {
     /// batch inserted in the index's own transaction.
     async fn index_audit_subjects_sqlite(&self, max: i64) -> Result<i64> {
         let mut conn = self.indexer().acquire().await?;
+        // Reads of the log wait for a WAL restart (see `Store::checkpoint_wal`).
+        let reading = self.wal_readers.read().await;
         let upto: i64 = col(
             &sqlx::query("SELECT indexed_upto FROM audit_index_state WHERE id = 1")
                 .fetch_one(&mut *conn)
@@ -430,6 +432,7 @@ impl Store {
         .bind(last)
         .execute(&mut *conn)
         .await?;
+        drop(reading);
         let mut tx = (*conn).begin().await?;
         let won = sqlx::query(
             "UPDATE audit_index_state SET indexed_upto = $2 WHERE id = 1 AND indexed_upto = $1",

@@ -58,11 +58,22 @@ pub struct Store {
     own_checkpoints: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Seldom-changed rows every resource call reads (see [`cache`]).
     cache: std::sync::Arc<cache::ReadCache>,
+    /// The audit indexer's reads of the SQLite log (shared) and the WAL
+    /// restart (exclusive) take turns: a read holds a snapshot of the WAL,
+    /// and the indexer's take up to a few hundred milliseconds, so a restart
+    /// that only waited for readers briefly kept failing while the indexer
+    /// caught up, and the WAL grew without bound meanwhile.
+    wal_readers: std::sync::Arc<tokio::sync::RwLock<()>>,
 }
 
 /// WAL frames (pages) past which [`Store::checkpoint_wal`] makes the WAL
 /// start over: 16 MiB of 4 KiB pages.
 pub const WAL_RESTART_FRAMES: i64 = 4096;
+
+/// How often a server runs [`Store::checkpoint_wal`]: often enough that a
+/// burst of large appends (100 MB/s in the WAL test) passes the restart
+/// threshold by little before the next one.
+pub const WAL_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 
 /// How long a SQLite connection waits for a lock (`PRAGMA busy_timeout`),
 /// set on every connection and restored after a WAL restart's short wait.
@@ -109,6 +120,7 @@ impl Store {
                 backend: Backend::Postgres,
                 own_checkpoints: Default::default(),
                 cache: std::sync::Arc::new(cache::ReadCache::new()),
+                wal_readers: Default::default(),
             });
         }
         if !config.database_url.starts_with("sqlite:") {
@@ -161,6 +173,7 @@ impl Store {
             backend: Backend::Sqlite,
             own_checkpoints,
             cache: std::sync::Arc::new(cache::ReadCache::new()),
+            wal_readers: Default::default(),
         })
     }
 
@@ -191,25 +204,34 @@ impl Store {
     /// file was restored from an older copy, or replaced): its entries would
     /// hide the new records that take those sequence numbers.
     async fn prepare_sqlite_index(&self) -> Result<()> {
-        let mut tx = self.index.begin().await?;
-        tx.execute(INDEX_SCHEMA).await?;
-        let ahead: i64 = col(
-            &sqlx::query(
-                "SELECT COUNT(*) AS ahead FROM audit_index_state
-                  WHERE indexed_upto > (SELECT COALESCE(MAX(seq), 0) FROM log.audit_records)",
-            )
-            .fetch_one(&mut *tx)
-            .await?,
+        // Statement by statement, outside a transaction: a transaction that
+        // had read the index and then wrote to it would be refused at once
+        // (SQLITE_BUSY, no waiting) whenever a running server's indexer had
+        // written in between, as `licensegate audit verify` beside a busy
+        // server was.
+        self.index.execute(INDEX_SCHEMA).await?;
+        const AHEAD: &str = "(SELECT indexed_upto FROM audit_index_state WHERE id = 1)
+                              > (SELECT COALESCE(MAX(seq), 0) FROM log.audit_records)";
+        let ahead: bool = col::<i64>(
+            &sqlx::query(&format!("SELECT {AHEAD} AS ahead"))
+                .fetch_one(&self.index)
+                .await?,
             "ahead",
-        )?;
-        if ahead > 0 {
+        )? != 0;
+        if ahead {
             tracing::warn!("the audit subject index is ahead of the log; rebuilding it");
+            // Write-locked from its start, and checked again under the lock.
+            let mut tx = self.index.begin_with("BEGIN IMMEDIATE").await?;
             tx.execute(
-                "DELETE FROM audit_subject_index; UPDATE audit_index_state SET indexed_upto = 0",
+                format!(
+                    "DELETE FROM audit_subject_index WHERE {AHEAD};
+                     UPDATE audit_index_state SET indexed_upto = 0 WHERE {AHEAD}"
+                )
+                .as_str(),
             )
             .await?;
+            tx.commit().await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 
@@ -249,7 +271,8 @@ impl Store {
     }
 
     /// Copies committed WAL pages into the SQLite database file without
-    /// blocking the writer (PASSIVE); a no-op on PostgreSQL.
+    /// blocking the writer (PASSIVE); a no-op on PostgreSQL. Servers run it
+    /// every [`WAL_CHECKPOINT_INTERVAL`].
     ///
     /// Under steady writes a passive checkpoint never quite catches up with
     /// the writer, so the WAL never starts over and grows without bound
@@ -258,7 +281,8 @@ impl Store {
     /// WAL index). Past [`WAL_RESTART_FRAMES`] the writer's own connection,
     /// between two commits, copies back the little that is left and waits a
     /// moment for older readers (RESTART), so the next commit writes the WAL
-    /// from its start again.
+    /// from its start again. The audit indexer's long reads of the log are
+    /// not among those readers: they wait for the restart, and it for them.
     pub async fn checkpoint_wal(&self) -> Result<()> {
         if self.backend == Backend::Sqlite {
             // `main`: the readers' attached index checkpoints itself.
@@ -267,6 +291,9 @@ impl Store {
                 .await?;
             let frames: i64 = sqlx::Row::try_get(&row, 1)?;
             if frames > WAL_RESTART_FRAMES {
+                // The indexer's read in progress ends first, and it starts
+                // no other until the restart is done (the lock is fair).
+                let _no_indexer = self.wal_readers.write().await;
                 let mut conn = self.write.acquire().await?;
                 // Appends wait while this runs: wait for readers briefly, not
                 // for the usual busy timeout (a busy result is not an error;
