@@ -396,7 +396,7 @@ pub async fn sync_policies(services: &Services) -> Result<()> {
 
 /// Every second: the newest published policy set.
 async fn policy_sync(services: Arc<Services>) {
-    let mut tick = tokio::time::interval(crate::store::WAL_CHECKPOINT_INTERVAL);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
