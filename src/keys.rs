@@ -12,6 +12,7 @@ use std::path::Path;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
+use ed25519_dalek::Signer;
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -253,7 +254,6 @@ impl SigningKey {
 
     /// Raw Ed25519 signature over `message`.
     pub fn sign(&self, message: &[u8]) -> Vec<u8> {
-        use ed25519_dalek::Signer;
         self.key.sign(message).to_bytes().to_vec()
     }
 
@@ -266,7 +266,7 @@ impl SigningKey {
         URL_SAFE_NO_PAD.encode_string(header, &mut jws);
         jws.push('.');
         URL_SAFE_NO_PAD.encode_string(payload, &mut jws);
-        let sig = ed25519_dalek::Signer::sign(&self.key, jws.as_bytes());
+        let sig = self.key.sign(jws.as_bytes());
         jws.push('.');
         URL_SAFE_NO_PAD.encode_string(sig.to_bytes(), &mut jws);
         Ok(jws)
