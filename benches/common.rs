@@ -132,3 +132,72 @@ pub async fn send_ok(req: reqwest::RequestBuilder) {
         res.text().await.unwrap_or_default()
     );
 }
+
+/// What wrk measured: requests per second, p50 and p99 in ms, and the
+/// requests that were not answered 200 (or failed on the socket).
+pub struct WrkFigures {
+    pub rate: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub requests: u64,
+    pub errors: u64,
+}
+
+/// Runs wrk (a separate process on the same machine, one thread) with
+/// `connections` connections for `seconds` against `url`; `requests` is Lua
+/// that sets the request up (headers, or a `request` function). `None` when
+/// wrk is not installed (Debian package `wrk`).
+pub fn wrk(
+    url: &str,
+    requests: &str,
+    seconds: u64,
+    connections: usize,
+    dir: &std::path::Path,
+) -> Option<WrkFigures> {
+    let mut script = requests.to_owned();
+    script.push_str(
+        r#"
+done = function(summary, latency, requests)
+  local errors = summary.errors.status + summary.errors.connect + summary.errors.read
+    + summary.errors.write + summary.errors.timeout
+  io.write(string.format("RESULT %.1f %.3f %.3f %d %d\n", summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000, summary.requests, errors))
+end
+"#,
+    );
+    let path = dir.join("bench.lua");
+    std::fs::write(&path, script).expect("wrk script");
+    let out = match std::process::Command::new("wrk")
+        .args([
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "-s",
+        ])
+        .arg(&path)
+        .arg(url)
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => panic!("wrk: {e}"),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| {
+            panic!(
+                "wrk printed no result: {stdout} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let f: Vec<&str> = line.split_whitespace().collect();
+    Some(WrkFigures {
+        rate: f[0].parse().expect("rate"),
+        p50: f[1].parse().expect("p50"),
+        p99: f[2].parse().expect("p99"),
+        requests: f[3].parse().expect("requests"),
+        errors: f[4].parse().expect("errors"),
+    })
+}

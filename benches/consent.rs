@@ -8,7 +8,12 @@
 //! verification, token/client/consent check, policy decision, unsealing the
 //! consented fields, budget spent and `license.retrieved` made durable in one
 //! group commit with the holder's notification, a signed receipt).
-//! The load generator runs in the same process, on the same 2 cores.
+//! The load generator of the first two runs in the same process; retrievals
+//! are sent by wrk (Debian's package), a separate process on the same 2
+//! cores, for REQUESTS/2000 seconds (at least 5), with one token, and then
+//! with a new token per request when LICENSEGATE_BENCH_FRESH_TOKENS=N gives
+//! how many to issue (LICENSEGATE_BENCH_LOAD=in-process, or no wrk: the
+//! in-process generator sends REQUESTS retrievals instead).
 //!
 //!     cargo bench --bench consent [-- REQUESTS [CONCURRENCY] [codes|refreshes|retrievals]...]
 //!
@@ -57,6 +62,10 @@ async fn main() {
         // would measure themselves.
         rate_limit_client: Some(0),
         rate_limit_address: Some(0),
+        // As the server reads it (the SQLite readers are at most 8 of them).
+        db_max_connections: std::env::var("LICENSEGATE_DB_MAX_CONNECTIONS")
+            .ok()
+            .and_then(|v| v.parse().ok()),
         ..Default::default()
     };
     let config = Config::resolve(settings, Settings::default()).expect("config");
@@ -221,16 +230,80 @@ async fn main() {
         .await
         .expect("token");
     let license_url = format!("http://{addr}/api/v1/licenses/{}", granted[0].licenses[0]);
+    if !run("retrievals") {
+        return;
+    }
+    // wrk, a separate process on the same machine, unless it is missing or
+    // the in-process generator is asked for (it shares the server's runtime
+    // and costs more CPU per request than wrk).
+    let in_process = std::env::var("LICENSEGATE_BENCH_LOAD").is_ok_and(|v| v == "in-process");
+    let seconds = (codes as u64 / 2000).max(5);
+    if !in_process {
+        // One token for every request, as an entity that reads with the token
+        // it was given; then, with LICENSEGATE_BENCH_FRESH_TOKENS=N, a new
+        // token for each request (N of them, each verified in full once).
+        let one = format!("wrk.headers[\"Authorization\"] = \"Bearer {token}\"\n");
+        let fresh: usize = std::env::var("LICENSEGATE_BENCH_FRESH_TOKENS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut runs = vec![("one token", one.clone())];
+        if fresh > 0 {
+            let mut list = String::with_capacity(fresh * 700);
+            for _ in 0..fresh {
+                let (t, _) = services
+                    .tokens
+                    .issue_for_consent(&client, &c, None)
+                    .await
+                    .expect("token");
+                list.push_str(&t);
+                list.push('\n');
+            }
+            let path = dir.path().join("tokens.txt");
+            std::fs::write(&path, list).expect("tokens");
+            runs.push((
+                "a new token per request",
+                format!(
+                    r#"local tokens = {{}}
+for line in io.lines("{}") do tokens[#tokens + 1] = "Bearer " .. line end
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format(nil, nil, {{Authorization = tokens[(i - 1) % #tokens + 1]}})
+end
+"#,
+                    path.display()
+                ),
+            ));
+        }
+        // Warm up the connections and caches.
+        if wrk(&license_url, &one, 1, concurrency, dir.path()).is_some() {
+            for (what, lua) in runs {
+                let f = wrk(&license_url, &lua, seconds, concurrency, dir.path()).expect("wrk");
+                assert_eq!(f.errors, 0, "retrievals that were not answered 200");
+                println!(
+                    "retrievals: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms ({} requests in {seconds} s, {concurrency} connections, wrk, {what})",
+                    f.rate, f.p50, f.p99, f.requests
+                );
+                if what != "one token" && f.requests > fresh as u64 {
+                    println!(
+                        "  ({} requests reused a token: give more than {fresh})",
+                        f.requests - fresh as u64
+                    );
+                }
+            }
+            return;
+        }
+        println!("wrk is not installed (apt-get install wrk): the in-process load generator measures instead");
+    }
     let retrieve = move |_: usize| {
         let (http, url, token) = (http2.clone(), license_url.clone(), token.clone());
         async move {
             send_ok(http.get(&url).bearer_auth(&token)).await;
         }
     };
-    if run("retrievals") {
-        let (rate, p50, p99) = load(codes, concurrency, retrieve).await;
-        println!(
-            "retrievals: {rate:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms ({codes} requests, {concurrency} concurrent)"
-        );
-    }
+    let (rate, p50, p99) = load(codes, concurrency, retrieve).await;
+    println!(
+        "retrievals: {rate:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms ({codes} requests, {concurrency} concurrent, in-process)"
+    );
 }
