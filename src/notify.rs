@@ -74,8 +74,15 @@ const LEASE_SECONDS: i64 = 60;
 /// Deliveries sent per worker round.
 const ROUND: i64 = 100;
 
+/// A notification id: the time in milliseconds (12 hex digits) before the
+/// random part, so that ids taken one after another sort one after another
+/// and their primary-key index grows at its end. With random ids every
+/// notification queued in a retrieval's group commit landed on a page of its
+/// own in that index, and the commit wrote each of those pages to the WAL
+/// (`vmstat`: 70 MB/s written at 4,400 retrievals/s).
 fn ntf_id() -> Result<String> {
-    Ok(format!("ntf_{}", random_token(12)?))
+    let millis = crate::store::unix_millis(crate::store::now()).max(0);
+    Ok(format!("ntf_{millis:012x}{}", random_token(12)?))
 }
 
 /// A notification to a `holder` or an `entity`, to queue in the commit of
@@ -652,6 +659,21 @@ pub async fn daily(services: crate::app::AppState) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notification_ids_sort_in_the_order_they_were_taken() {
+        let mut ids = Vec::new();
+        for _ in 0..50 {
+            ids.push(ntf_id().unwrap());
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted, ids);
+        // Still unguessable: 12 random bytes after the time.
+        assert!(ids.iter().all(|i| i.len() == "ntf_".len() + 12 + 16), "{ids:?}");
+    }
 
     #[test]
     fn backoff_doubles_up_to_an_hour() {
