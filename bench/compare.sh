@@ -105,5 +105,5 @@ for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 wait 2>/dev/null || true
 PIDS=()
 echo
-echo "licensegate retrievals (GET /api/v1/licenses/{id}, SQLite, $CONNECTIONS concurrent, in-process load generator):"
+echo "licensegate retrievals (GET /api/v1/licenses/{id}, SQLite, $CONNECTIONS connections, wrk):"
 cargo bench --quiet --bench consent -- $((DURATION * 2000)) "$CONNECTIONS" retrievals 2>/dev/null | grep '^retrievals:'

@@ -15,6 +15,7 @@
 //! for an operator to see and retry. Several nodes may run the worker: each
 //! delivery is leased before it is sent.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -26,7 +27,7 @@ use crate::consent::{unix_to_rfc3339, ConsentView};
 use crate::error::{Error, Result};
 use crate::keys::{random_bytes, random_token};
 use crate::store::consent::ConsentRow;
-use crate::store::notify::{DeliveryRow, EndpointRow, NotificationRow};
+use crate::store::notify::{DeliveryRow, Dispatch, EndpointRow, NotificationRow};
 use crate::store::{date_string, now, timestamp};
 
 /// Kinds of notification a holder can turn on or off, with their names.
@@ -71,6 +72,9 @@ pub const EXPIRY_REMINDER_DAYS: [i64; 3] = [30, 7, 1];
 pub const CONSENT_REMINDER_DAYS: i64 = 90;
 /// How long a worker holds a delivery it is sending.
 const LEASE_SECONDS: i64 = 60;
+/// Notifications moved on per transaction by [`dispatch_queued`].
+const DISPATCH_CHUNK: usize = 100;
+
 /// Deliveries sent per worker round.
 const ROUND: i64 = 100;
 
@@ -362,37 +366,40 @@ pub async fn dispatch_queued(services: &Services) -> Result<usize> {
     }
     let endpoints = services.store.endpoints().await?;
     let (t, at) = (now().unix_timestamp(), timestamp(now()));
-    let mut moved = 0;
+    // Each holder's preferences read once a round.
+    let mut disabled: HashMap<String, Vec<String>> = HashMap::new();
+    let mut moves = Vec::with_capacity(queued.len());
     for n in queued {
-        let off = n.recipient_kind == "holder"
-            && services
-                .store
-                .disabled_kinds(&n.recipient_id)
-                .await?
-                .contains(&n.kind);
-        let (status, targets): (&str, Vec<String>) = if off {
-            ("suppressed", Vec::new())
+        let off = if n.recipient_kind == "holder" {
+            if !disabled.contains_key(&n.recipient_id) {
+                let kinds = services.store.disabled_kinds(&n.recipient_id).await?;
+                disabled.insert(n.recipient_id.clone(), kinds);
+            }
+            disabled
+                .get(&n.recipient_id)
+                .is_some_and(|kinds| kinds.contains(&n.kind))
         } else {
-            (
-                "dispatched",
-                endpoints
-                    .iter()
-                    .filter(|e| subscribed(e, &n))
-                    .map(|e| e.id.clone())
-                    .collect(),
-            )
+            false
         };
-        let ids = targets
-            .iter()
-            .map(|_| random_token(12).map(|r| format!("dlv_{r}")))
-            .collect::<Result<Vec<_>>>()?;
-        if services
-            .store
-            .dispatch(&n.id, status, &targets, &ids, t, &at)
-            .await?
-        {
-            moved += 1;
-        }
+        let deliveries = if off {
+            Vec::new()
+        } else {
+            endpoints
+                .iter()
+                .filter(|e| subscribed(e, &n))
+                .map(|e| Ok((e.id.clone(), format!("dlv_{}", random_token(12)?))))
+                .collect::<Result<Vec<_>>>()?
+        };
+        moves.push(Dispatch {
+            notification_id: n.id,
+            status: if off { "suppressed" } else { "dispatched" },
+            deliveries,
+        });
+    }
+    // Transactions of a hundred: the log's appends wait for none for long.
+    let mut moved = 0;
+    for chunk in moves.chunks(DISPATCH_CHUNK) {
+        moved += services.store.dispatch_all(chunk, t, &at).await?;
     }
     Ok(moved)
 }
@@ -672,7 +679,10 @@ mod tests {
         sorted.dedup();
         assert_eq!(sorted, ids);
         // Still unguessable: 12 random bytes after the time.
-        assert!(ids.iter().all(|i| i.len() == "ntf_".len() + 12 + 16), "{ids:?}");
+        assert!(
+            ids.iter().all(|i| i.len() == "ntf_".len() + 12 + 16),
+            "{ids:?}"
+        );
     }
 
     #[test]

@@ -9,6 +9,17 @@ use super::licenses::{license_from_row, LicenseRow};
 use super::{col, Store};
 use crate::error::{Error, Result};
 
+/// What [`Store::dispatch_all`] does with one queued notification.
+#[derive(Debug, Clone)]
+pub struct Dispatch {
+    /// The notification.
+    pub notification_id: String,
+    /// `dispatched` or `suppressed`.
+    pub status: &'static str,
+    /// (endpoint id, delivery id) of each delivery to make when dispatched.
+    pub deliveries: Vec<(String, String)>,
+}
+
 /// A notification as stored.
 #[derive(Debug, Clone)]
 pub struct NotificationRow {
@@ -209,43 +220,86 @@ impl Store {
         .collect()
     }
 
-    /// Moves a queued notification on (`dispatched` with one delivery per
-    /// endpoint, or `suppressed`), once: false when another worker did.
-    pub async fn dispatch(
+    /// Moves queued notifications on in one transaction, each as `moves`
+    /// says (`dispatched` with one delivery per endpoint, or `suppressed`),
+    /// each once: one still queued is moved, one another worker moved (or is
+    /// moving, on PostgreSQL) is left alone. Returns how many it moved. Two
+    /// statements per status whatever the number, so the log's one SQLite
+    /// writer waits for one short transaction per round, not one per
+    /// notification (with a commit each).
+    pub async fn dispatch_all(
         &self,
-        notification_id: &str,
-        status: &str,
-        endpoint_ids: &[String],
-        ids: &[String],
+        moves: &[Dispatch],
         now_unix: i64,
         now: &str,
-    ) -> Result<bool> {
+    ) -> Result<usize> {
+        let sqlite = self.backend == super::Backend::Sqlite;
         let mut tx = self.writer().begin().await?;
-        let moved =
-            sqlx::query("UPDATE notifications SET status = $2 WHERE id = $1 AND status = 'queued'")
-                .bind(notification_id)
+        let mut moved_count = 0;
+        for status in ["dispatched", "suppressed"] {
+            let ids: Vec<&str> = moves
+                .iter()
+                .filter(|m| m.status == status)
+                .map(|m| m.notification_id.as_str())
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let sql = if sqlite {
+                "UPDATE notifications SET status = $2
+                  WHERE status = 'queued' AND id IN (SELECT value FROM json_each($1))
+                  RETURNING id"
+            } else {
+                // Rows another node is moving are skipped, not waited for
+                // (and locked in one order: no deadlock between nodes).
+                "UPDATE notifications SET status = $2
+                  WHERE id IN (SELECT id FROM notifications
+                                WHERE status = 'queued'
+                                  AND id IN (SELECT jsonb_array_elements_text($1::jsonb))
+                                ORDER BY id FOR UPDATE SKIP LOCKED)
+                  RETURNING id"
+            };
+            let moved: std::collections::HashSet<String> = sqlx::query(sql)
+                .bind(serde_json::to_string(&ids).map_err(Error::internal)?)
                 .bind(status)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| col(r, "id"))
+                .collect::<Result<_>>()?;
+            moved_count += moved.len();
+            let deliveries: Vec<[&str; 3]> = moves
+                .iter()
+                .filter(|m| m.status == status && moved.contains(&m.notification_id))
+                .flat_map(|m| {
+                    m.deliveries.iter().map(|(endpoint, id)| {
+                        [id.as_str(), m.notification_id.as_str(), endpoint.as_str()]
+                    })
+                })
+                .collect();
+            if deliveries.is_empty() {
+                continue;
+            }
+            let sql = if sqlite {
+                "INSERT INTO deliveries (id, notification_id, endpoint_id, status, attempts, next_attempt_at, lease_until, last_error, delivered_at, created_at)
+                 SELECT value ->> 0, value ->> 1, value ->> 2, 'pending', 0, $2, 0, NULL, NULL, $3 FROM json_each($1)"
+            } else {
+                "INSERT INTO deliveries (id, notification_id, endpoint_id, status, attempts, next_attempt_at, lease_until, last_error, delivered_at, created_at)
+                 SELECT r ->> 0, r ->> 1, r ->> 2, 'pending', 0, $2, 0, NULL, NULL, $3 FROM jsonb_array_elements($1::jsonb) AS t(r)"
+            };
+            let inserted = sqlx::query(sql)
+                .bind(serde_json::to_string(&deliveries).map_err(Error::internal)?)
+                .bind(now_unix)
+                .bind(now)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-        if moved == 0 {
-            return Ok(false);
-        }
-        for (endpoint_id, id) in endpoint_ids.iter().zip(ids) {
-            sqlx::query(
-                "INSERT INTO deliveries (id, notification_id, endpoint_id, status, attempts, next_attempt_at, lease_until, last_error, delivered_at, created_at)
-                 VALUES ($1, $2, $3, 'pending', 0, $4, 0, NULL, NULL, $5)",
-            )
-            .bind(id)
-            .bind(notification_id)
-            .bind(endpoint_id)
-            .bind(now_unix)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            if inserted != deliveries.len() as u64 {
+                return Err(Error::internal("a delivery was not queued"));
+            }
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(moved_count)
     }
 
     /// Kinds a holder turned off.
