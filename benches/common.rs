@@ -162,6 +162,8 @@ done = function(summary, latency, requests)
     + summary.errors.write + summary.errors.timeout
   io.write(string.format("RESULT %.1f %.3f %.3f %d %d\n", summary.requests / (summary.duration / 1e6),
     latency:percentile(50) / 1000, latency:percentile(99) / 1000, summary.requests, errors))
+  io.write(string.format("  latency ms: p90 %.2f, p95 %.2f, p99.9 %.2f, max %.2f\n", latency:percentile(90) / 1000,
+    latency:percentile(95) / 1000, latency:percentile(99.9) / 1000, latency.max / 1000))
 end
 "#,
     );
@@ -183,6 +185,11 @@ end
         Err(e) => panic!("wrk: {e}"),
     };
     let stdout = String::from_utf8_lossy(&out.stdout);
+    if seconds > 1 {
+        for l in stdout.lines().filter(|l| l.starts_with("  latency ms:")) {
+            println!("{l}");
+        }
+    }
     let line = stdout
         .lines()
         .find_map(|l| l.strip_prefix("RESULT "))
