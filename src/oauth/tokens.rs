@@ -12,6 +12,7 @@ use super::{Client, ClientStatus, OAuthError, OAuthErrorCode};
 use crate::audit::{Actor, AuditLog, Outcome};
 use crate::error::{Error, Result};
 use crate::keys::{random_token, KeyRing, BROKER};
+use crate::store::cache::Kept;
 use crate::store::now;
 
 /// Clock skew allowed on an access token's expiry, in seconds.
@@ -81,40 +82,18 @@ pub struct AccessTokens {
     keys: Arc<KeyRing>,
     issuer: String,
     ttl: i64,
-    verified: VerifiedTokens,
-}
-
-/// Most tokens [`VerifiedTokens`] keeps; it starts over when full.
-const VERIFIED_CAPACITY: usize = 10_000;
-
-/// The claims of tokens whose signature, issuer and audience this node has
-/// checked, by the SHA-256 of the whole token. An entity sends the same token
-/// on every call until it expires; its Ed25519 signature was the largest cost
-/// of a retrieval (`perf`: 13% of the samples of `cargo bench --bench consent
-/// -- 20000 64 retrievals`) and cannot change its answer for the same bytes:
-/// broker keys are never deleted (retired keys still verify, as in the JWKS)
-/// and a key's public part is cached for good anyway ([`KeyRing::verifying_key`]).
-/// What can change is checked on every use: expiry here, revocation and the
-/// consent, client and policies by the caller. Only tokens that verified are
-/// kept, so a forged token costs a full verification every time.
-struct VerifiedTokens {
-    map: std::sync::Mutex<HashMap<[u8; 32], Arc<AccessClaims>>>,
-}
-
-impl VerifiedTokens {
-    fn get(&self, digest: &[u8; 32]) -> Option<Arc<AccessClaims>> {
-        self.map.lock().ok()?.get(digest).cloned()
-    }
-
-    fn put(&self, digest: [u8; 32], claims: Arc<AccessClaims>) {
-        let Ok(mut map) = self.map.lock() else {
-            return;
-        };
-        if map.len() >= VERIFIED_CAPACITY {
-            map.clear();
-        }
-        map.insert(digest, claims);
-    }
+    /// The claims of tokens whose signature, issuer and audience this node
+    /// has checked, by the SHA-256 of the whole token. An entity sends the
+    /// same token on every call until it expires; its Ed25519 signature was
+    /// the largest cost of a retrieval (`perf`: 13% of the samples of `cargo
+    /// bench --bench consent -- 20000 64 retrievals`) and cannot change its
+    /// answer for the same bytes: broker keys are never deleted (retired keys
+    /// still verify, as in the JWKS) and a key's public part is cached for
+    /// good anyway ([`KeyRing::verifying_key`]). What can change is checked on
+    /// every use: expiry here, revocation and the consent, client and
+    /// policies by the caller. Only tokens that verified are kept, so a
+    /// forged token costs a full verification every time.
+    verified: Kept<[u8; 32], Arc<AccessClaims>>,
 }
 
 impl AccessTokens {
@@ -124,9 +103,7 @@ impl AccessTokens {
             keys,
             issuer,
             ttl: i64::try_from(ttl).unwrap_or(300),
-            verified: VerifiedTokens {
-                map: Default::default(),
-            },
+            verified: Kept::default(),
         }
     }
 

@@ -11,6 +11,7 @@ use cedar_policy::{
 };
 
 use super::{Question, Resource};
+use crate::store::cache::Kept;
 
 /// A policy file that does not parse or does not validate.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -45,23 +46,17 @@ pub struct PolicyEngine {
     digest: String,
     /// The schema and the policy files it was built from: (name, text).
     sources: Option<PolicySources>,
-    /// Answers given by this policy set (see [`Decided`]).
-    decided: Decided,
+    /// The answers this policy set gave, by the whole question Cedar was
+    /// asked: the principal, action, resource and context it sees are all in
+    /// the key ([`question_key`]). Cedar's evaluation is a function of the
+    /// request, the entities and the policy set only (no clock, no
+    /// randomness, no I/O), so the same question gets the same answer: kept
+    /// here, it is not evaluated again. Evaluating was the largest single cost
+    /// of a retrieval (`perf`: 12.7% of the samples of `cargo bench --bench
+    /// consent -- 20000 64 retrievals`). Each policy set has its own, so a
+    /// reload or a published set starts empty.
+    decided: Kept<String, CedarOutcome>,
 }
-
-/// Most answers [`Decided`] keeps; it starts over when full.
-const DECIDED_CAPACITY: usize = 10_000;
-
-/// The answers a policy set gave, by the whole question Cedar was asked: the
-/// principal, action, resource and context it sees are all in the key
-/// ([`question_key`]). Cedar's evaluation is a function of the request, the
-/// entities and the policy set only (no clock, no randomness, no I/O), so the
-/// same question gets the same answer: kept here, it is not evaluated again.
-/// Evaluating was the largest single cost of a retrieval (`perf`: 12.7% of
-/// the samples of `cargo bench --bench consent -- 20000 64 retrievals`).
-/// Each policy set has its own, so a reload or a published set starts empty.
-#[derive(Default)]
-struct Decided(std::sync::Mutex<HashMap<String, CedarOutcome>>);
 
 /// The complete input of [`PolicyEngine::try_authorize`] as one string, each
 /// part prefixed with its length so that no two questions share a key.
@@ -268,7 +263,7 @@ impl PolicyEngine {
             origin,
             digest: sources.digest(),
             sources: Some(sources),
-            decided: Decided::default(),
+            decided: Kept::default(),
         })
     }
 
@@ -286,7 +281,7 @@ impl PolicyEngine {
             origin: HashMap::new(),
             digest: digest_of(std::iter::empty()),
             sources: None,
-            decided: Decided::default(),
+            decided: Kept::default(),
         })
     }
 
@@ -324,23 +319,12 @@ impl PolicyEngine {
     /// fields whose sensitivity is "sensitive".
     pub fn authorize(&self, q: &Question<'_>, sensitive: &[&str]) -> CedarOutcome {
         let key = question_key(q, sensitive);
-        if let Some(known) = self
-            .decided
-            .0
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&key).cloned())
-        {
+        if let Some(known) = self.decided.get(&key) {
             return known;
         }
         match self.try_authorize(q, sensitive) {
             Ok(outcome) => {
-                if let Ok(mut m) = self.decided.0.lock() {
-                    if m.len() >= DECIDED_CAPACITY {
-                        m.clear();
-                    }
-                    m.insert(key, outcome.clone());
-                }
+                self.decided.put(key, outcome.clone());
                 outcome
             }
             // Deny by default: a question the policies cannot even evaluate is refused.

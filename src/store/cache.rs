@@ -46,6 +46,43 @@ impl Generations {
 /// hot values come back at once).
 const CAPACITY: usize = 10_000;
 
+/// Inserts into a map bounded by [`CAPACITY`]: a full map starts over.
+fn insert_bounded<K: Eq + Hash, V>(map: &mut HashMap<K, V>, key: K, value: V) {
+    if map.len() >= CAPACITY {
+        map.clear();
+    }
+    map.insert(key, value);
+}
+
+/// Answers that never go stale, kept in memory up to [`CAPACITY`] (the
+/// verified access tokens, the policy engine's decisions): what stays true
+/// for the same key, with no generation to watch.
+pub(crate) struct Kept<K, V>(Mutex<HashMap<K, V>>);
+
+impl<K, V> Default for Kept<K, V> {
+    fn default() -> Self {
+        Kept(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<K: Eq + Hash, V: Clone> Kept<K, V> {
+    /// The value kept under `key`, if any.
+    pub(crate) fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Eq + Hash + ?Sized,
+    {
+        self.0.lock().ok()?.get(key).cloned()
+    }
+
+    /// Keeps `value` under `key`.
+    pub(crate) fn put(&self, key: K, value: V) {
+        if let Ok(mut map) = self.0.lock() {
+            insert_bounded(&mut map, key, value);
+        }
+    }
+}
+
 /// Values valid for one generation.
 struct Generational<K, V> {
     state: Mutex<(i64, HashMap<K, Arc<V>>)>,
@@ -77,10 +114,7 @@ impl<K: Eq + Hash, V> Generational<K, V> {
             *state = (generation, HashMap::new());
         }
         if generation == state.0 {
-            if state.1.len() >= CAPACITY {
-                state.1.clear();
-            }
-            state.1.insert(key, value);
+            insert_bounded(&mut state.1, key, value);
         }
     }
 
