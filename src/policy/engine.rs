@@ -60,36 +60,40 @@ pub struct PolicyEngine {
 
 /// The complete input of [`PolicyEngine::try_authorize`] as one string, each
 /// part prefixed with its length so that no two questions share a key.
+/// Built on every decision: written into one buffer, no string per part.
 fn question_key(q: &Question<'_>, sensitive: &[&str]) -> String {
-    let mut key = String::with_capacity(256);
-    let mut part = |s: &str| {
-        key.push_str(&s.len().to_string());
-        key.push(':');
-        key.push_str(s);
-    };
-    part(&q.entity.id);
-    part(&q.entity.sector);
-    part(&q.entity.status);
-    part(q.action.as_str());
-    part(&q.license_type.code);
-    part(q.license_type.holder_kind.as_str());
-    match &q.resource {
-        Resource::LicenseType => part("type"),
-        Resource::License { id, status } => {
-            part("license");
-            part(id);
-            part(status);
+    use std::fmt::Write;
+    fn part(key: &mut String, s: &str) {
+        let _ = write!(key, "{}:{s}", s.len());
+    }
+    fn list<S: AsRef<str>>(key: &mut String, items: &[S]) {
+        let _ = write!(key, "{}#", items.len());
+        for s in items {
+            part(key, s.as_ref());
         }
     }
-    part(q.purpose);
-    part(&q.fields.len().to_string());
-    for f in q.fields {
-        part(f);
+    let mut key = String::with_capacity(256);
+    for s in [
+        q.entity.id.as_str(),
+        &q.entity.sector,
+        &q.entity.status,
+        q.action.as_str(),
+        &q.license_type.code,
+        q.license_type.holder_kind.as_str(),
+    ] {
+        part(&mut key, s);
     }
-    part(&sensitive.len().to_string());
-    for f in sensitive {
-        part(f);
+    match &q.resource {
+        Resource::LicenseType => part(&mut key, "type"),
+        Resource::License { id, status } => {
+            part(&mut key, "license");
+            part(&mut key, id);
+            part(&mut key, status);
+        }
     }
+    part(&mut key, q.purpose);
+    list(&mut key, q.fields);
+    list(&mut key, sensitive);
     key
 }
 
