@@ -78,15 +78,20 @@ const DISPATCH_CHUNK: usize = 100;
 /// Deliveries sent per worker round.
 const ROUND: i64 = 100;
 
-/// A notification id: the time in milliseconds (12 hex digits) before the
-/// random part, so that ids taken one after another sort one after another
-/// and their primary-key index grows at its end. With random ids every
-/// notification queued in a retrieval's group commit landed on a page of its
-/// own in that index, and the commit wrote each of those pages to the WAL
-/// (`vmstat`: 70 MB/s written at 4,400 retrievals/s).
+/// An outbox id (notifications, deliveries): `prefix`, the time in
+/// milliseconds (12 hex digits), then 12 random bytes, so that ids taken one
+/// after another sort one after another and their primary-key index grows at
+/// its end. With random ids every notification queued in a retrieval's group
+/// commit landed on a page of its own in that index, and the commit wrote
+/// each of those pages to the WAL (`vmstat`: 70 MB/s written at 4,400
+/// retrievals/s).
+fn outbox_id(prefix: &str) -> Result<String> {
+    let millis = crate::store::unix_millis(now()).max(0);
+    Ok(format!("{prefix}_{millis:012x}{}", random_token(12)?))
+}
+
 fn ntf_id() -> Result<String> {
-    let millis = crate::store::unix_millis(crate::store::now()).max(0);
-    Ok(format!("ntf_{millis:012x}{}", random_token(12)?))
+    outbox_id("ntf")
 }
 
 /// A notification to a `holder` or an `entity`, to queue in the commit of
@@ -387,7 +392,7 @@ pub async fn dispatch_queued(services: &Services) -> Result<usize> {
             endpoints
                 .iter()
                 .filter(|e| subscribed(e, &n))
-                .map(|e| Ok((e.id.clone(), format!("dlv_{}", random_token(12)?))))
+                .map(|e| Ok((e.id.clone(), outbox_id("dlv")?)))
                 .collect::<Result<Vec<_>>>()?
         };
         moves.push(Dispatch {
