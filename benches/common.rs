@@ -133,12 +133,17 @@ pub async fn send_ok(req: reqwest::RequestBuilder) {
     );
 }
 
-/// What wrk measured: requests per second, p50 and p99 in ms, and the
-/// requests that were not answered 200 (or failed on the socket).
+/// What wrk measured: requests per second, latency percentiles and the
+/// slowest request in ms, and the requests that were not answered 200 (or
+/// failed on the socket).
 pub struct WrkFigures {
     pub rate: f64,
     pub p50: f64,
+    pub p90: f64,
+    pub p95: f64,
     pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
     pub requests: u64,
     pub errors: u64,
 }
@@ -160,10 +165,11 @@ pub fn wrk(
 done = function(summary, latency, requests)
   local errors = summary.errors.status + summary.errors.connect + summary.errors.read
     + summary.errors.write + summary.errors.timeout
-  io.write(string.format("RESULT %.1f %.3f %.3f %d %d\n", summary.requests / (summary.duration / 1e6),
-    latency:percentile(50) / 1000, latency:percentile(99) / 1000, summary.requests, errors))
-  io.write(string.format("  latency ms: p90 %.2f, p95 %.2f, p99.9 %.2f, max %.2f\n", latency:percentile(90) / 1000,
-    latency:percentile(95) / 1000, latency:percentile(99.9) / 1000, latency.max / 1000))
+  io.write(string.format("RESULT %.1f %d %d", summary.requests / (summary.duration / 1e6), summary.requests, errors))
+  for _, p in ipairs({50, 90, 95, 99, 99.9}) do
+    io.write(string.format(" %.3f", latency:percentile(p) / 1000))
+  end
+  io.write(string.format(" %.3f\n", latency.max / 1000))
 end
 "#,
     );
@@ -185,11 +191,6 @@ end
         Err(e) => panic!("wrk: {e}"),
     };
     let stdout = String::from_utf8_lossy(&out.stdout);
-    if seconds > 1 {
-        for l in stdout.lines().filter(|l| l.starts_with("  latency ms:")) {
-            println!("{l}");
-        }
-    }
     let line = stdout
         .lines()
         .find_map(|l| l.strip_prefix("RESULT "))
@@ -200,11 +201,16 @@ end
             )
         });
     let f: Vec<&str> = line.split_whitespace().collect();
+    let ms = |i: usize| f[i].parse::<f64>().expect("latency");
     Some(WrkFigures {
         rate: f[0].parse().expect("rate"),
-        p50: f[1].parse().expect("p50"),
-        p99: f[2].parse().expect("p99"),
-        requests: f[3].parse().expect("requests"),
-        errors: f[4].parse().expect("errors"),
+        requests: f[1].parse().expect("requests"),
+        errors: f[2].parse().expect("errors"),
+        p50: ms(3),
+        p90: ms(4),
+        p95: ms(5),
+        p99: ms(6),
+        p999: ms(7),
+        max: ms(8),
     })
 }

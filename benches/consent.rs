@@ -247,7 +247,8 @@ async fn main() {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        let mut runs = vec![("one token", one.clone())];
+        // (what, Lua, how many tokens when each request has its own)
+        let mut runs = vec![("one token", one.clone(), None)];
         if fresh > 0 {
             let mut list = String::with_capacity(fresh * 700);
             for _ in 0..fresh {
@@ -274,21 +275,26 @@ end
 "#,
                     path.display()
                 ),
+                Some(fresh),
             ));
         }
         // Warm up the connections and caches.
         if wrk(&license_url, &one, 1, concurrency, dir.path()).is_some() {
-            for (what, lua) in runs {
+            for (what, lua, tokens) in runs {
                 let f = wrk(&license_url, &lua, seconds, concurrency, dir.path()).expect("wrk");
                 assert_eq!(f.errors, 0, "retrievals that were not answered 200");
                 println!(
                     "retrievals: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms ({} requests in {seconds} s, {concurrency} connections, wrk, {what})",
                     f.rate, f.p50, f.p99, f.requests
                 );
-                if what != "one token" && f.requests > fresh as u64 {
+                println!(
+                    "  latency ms: p90 {:.2}, p95 {:.2}, p99.9 {:.2}, max {:.2}",
+                    f.p90, f.p95, f.p999, f.max
+                );
+                if let Some(n) = tokens.filter(|&n| f.requests > n as u64) {
                     println!(
-                        "  ({} requests reused a token: give more than {fresh})",
-                        f.requests - fresh as u64
+                        "  ({} requests reused a token: give more than {n})",
+                        f.requests - n as u64
                     );
                 }
             }
