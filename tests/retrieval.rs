@@ -346,7 +346,9 @@ async fn every_rule_applies_on_the_next_call() {
     assert_eq!(read(at(&t3)).await.0, 200, "{t3}");
 
     // The scenario withdrawn: refused by the use list; approved again: allowed.
+    // The token was used before, so its call went by what that call read.
     let spare = fresh().await;
+    assert_eq!(read(at(&spare)).await.0, 200);
     assert_eq!(set_bank_scenario_withdrawn(&w, &id, true).await, 200);
     assert_eq!(read(at(&spare)).await.0, 403);
     assert_eq!(set_bank_scenario_withdrawn(&w, &id, false).await, 200);

@@ -622,7 +622,22 @@ pub enum Guard {
         consent_id: String,
         /// The time of the read (unix seconds).
         now_unix: i64,
+        /// What the call went by without reading it again, to be confirmed
+        /// under the commit's lock; none when the call read it fresh.
+        expect: Option<Expected>,
     },
+}
+
+/// What a retrieval went by when it did not read its token's state again
+/// (`Store::kept_call`): the commit finds the token not revoked, the consent
+/// active and unexpired, its entity active and the change generations the
+/// same, or it records and spends nothing and answers [`Appended::stale`].
+#[derive(Debug, Clone)]
+pub struct Expected {
+    /// The access token's id.
+    pub jti: String,
+    /// The change generations the call's reads went by.
+    pub generations: crate::store::cache::Generations,
 }
 
 impl Guarded {
@@ -652,6 +667,9 @@ pub struct Appended {
     pub seqs: Vec<i64>,
     /// Whether the guarded change was made (always true without a guard).
     pub applied: bool,
+    /// The call went by a state that has changed since ([`Expected`]):
+    /// nothing was recorded or changed, and it is to be decided again.
+    pub stale: bool,
 }
 
 struct Pending {
@@ -808,6 +826,7 @@ async fn commit_batch(store: &Store, batch: &[Pending]) -> Result<Vec<Appended>>
     // SQLite transaction holds the write lock from its first statement.
     let head = Store::lock_audit_head(&mut tx).await?;
     let mut applied = vec![true; batch.len()];
+    let mut stale = vec![false; batch.len()];
     // Spends not yet decided: decided together, before any later statement
     // runs (it might change their consents).
     let mut spends = Vec::new();
@@ -816,13 +835,23 @@ async fn commit_batch(store: &Store, batch: &[Pending]) -> Result<Vec<Appended>>
         if let Guard::Spend {
             consent_id,
             now_unix,
+            expect,
         } = &g.guard
         {
-            spends.push((i, consent_id.as_str(), *now_unix));
+            spends.push(Spend {
+                index: i,
+                consent: consent_id.as_str(),
+                now_unix: *now_unix,
+                expect: expect.as_ref(),
+            });
             continue;
         }
         if matches!(g.guard, Guard::Changes(_)) || !g.then.is_empty() {
-            decide_spends(&mut tx, batch, &mut spends, &mut applied).await?;
+            let mut decided = Decided {
+                applied: &mut applied,
+                stale: &mut stale,
+            };
+            decide_spends(&mut tx, batch, &mut spends, &mut decided).await?;
         }
         if let Guard::Changes(s) = &g.guard {
             applied[i] = Store::execute_in(&mut tx, s).await? > 0;
@@ -833,7 +862,11 @@ async fn commit_batch(store: &Store, batch: &[Pending]) -> Result<Vec<Appended>>
             }
         }
     }
-    decide_spends(&mut tx, batch, &mut spends, &mut applied).await?;
+    let mut decided = Decided {
+        applied: &mut applied,
+        stale: &mut stale,
+    };
+    decide_spends(&mut tx, batch, &mut spends, &mut decided).await?;
     let notifications: Vec<_> = batch
         .iter()
         .zip(&applied)
@@ -844,12 +877,13 @@ async fn commit_batch(store: &Store, batch: &[Pending]) -> Result<Vec<Appended>>
     Store::insert_notifications_in(&mut tx, &notifications).await?;
     let mut events = Vec::new();
     let mut shapes = Vec::with_capacity(batch.len());
-    for (p, &applied) in batch.iter().zip(&applied) {
-        let chosen = match &p.guard {
+    for ((p, &applied), &stale) in batch.iter().zip(&applied).zip(&stale) {
+        let chosen: &[AuditEvent] = match &p.guard {
+            _ if stale => &[],
             Some(g) if !applied => &g.refused,
             _ => &p.events,
         };
-        shapes.push((chosen.len(), applied));
+        shapes.push((chosen.len(), applied, stale));
         events.extend(chosen.iter().cloned());
     }
     let records = append_after(&mut tx, head, events).await?;
@@ -857,44 +891,79 @@ async fn commit_batch(store: &Store, batch: &[Pending]) -> Result<Vec<Appended>>
     let mut seqs = records.iter().map(|r| r.seq);
     Ok(shapes
         .into_iter()
-        .map(|(n, applied)| Appended {
+        .map(|(n, applied, stale)| Appended {
             seqs: seqs.by_ref().take(n).collect(),
             applied,
+            stale,
         })
         .collect())
 }
 
-/// Decides the budget spends `spends` (index into `batch`, consent, time) in their order,
-/// from one read of their consents, writes them with one statement, then
-/// runs the statements of those that were made.
+/// A budget spend of a group commit, not yet decided.
+struct Spend<'a> {
+    /// Its place in the batch.
+    index: usize,
+    consent: &'a str,
+    now_unix: i64,
+    expect: Option<&'a Expected>,
+}
+
+/// What a group commit decided for each of its calls.
+struct Decided<'a> {
+    applied: &'a mut [bool],
+    stale: &'a mut [bool],
+}
+
+/// Decides the budget spends `spends` in their order, from one read of their
+/// consents (and of what the calls among them that went by an earlier read
+/// expect), writes them with one statement, then runs the statements of those
+/// that were made.
 async fn decide_spends(
     tx: &mut AnyConnection,
     batch: &[Pending],
-    spends: &mut Vec<(usize, &str, i64)>,
-    applied: &mut [bool],
+    spends: &mut Vec<Spend<'_>>,
+    decided: &mut Decided<'_>,
 ) -> Result<()> {
     if spends.is_empty() {
         return Ok(());
     }
-    let mut ids: Vec<&str> = spends.iter().map(|(_, c, _)| *c).collect();
+    let mut ids: Vec<&str> = spends.iter().map(|s| s.consent).collect();
     ids.sort_unstable();
     ids.dedup();
-    let budgets = Store::lock_budgets_in(tx, &ids).await?;
+    let mut jtis: Vec<&str> = spends
+        .iter()
+        .filter_map(|s| s.expect.map(|e| e.jti.as_str()))
+        .collect();
+    jtis.sort_unstable();
+    jtis.dedup();
+    let budgets = Store::lock_budgets_in(tx, &ids, &jtis).await?;
     let mut spent: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
-    for &(i, consent, now_unix) in spends.iter() {
-        let n = spent.entry(consent).or_default();
-        applied[i] = budgets.get(consent).is_some_and(|b| b.allows(*n, now_unix));
-        if applied[i] {
+    for s in spends.iter() {
+        let budget = budgets.consents.get(s.consent);
+        if let Some(e) = s.expect {
+            let holds = budget
+                .is_some_and(|b| b.active && b.client_active && b.expires_at > s.now_unix)
+                && !budgets.revoked.contains(&e.jti)
+                && budgets.generations == e.generations;
+            if !holds {
+                decided.applied[s.index] = false;
+                decided.stale[s.index] = true;
+                continue;
+            }
+        }
+        let n = spent.entry(s.consent).or_default();
+        decided.applied[s.index] = budget.is_some_and(|b| b.allows(*n, s.now_unix));
+        if decided.applied[s.index] {
             *n += 1;
         }
     }
     let mut spent: Vec<(&str, i64)> = spent.into_iter().filter(|(_, n)| *n > 0).collect();
     spent.sort_unstable();
     Store::spend_retrievals_in(tx, &spent, &timestamp(now())).await?;
-    for &(i, _, _) in spends.iter() {
-        if applied[i] {
-            for s in batch[i].guard.iter().flat_map(|g| &g.then) {
-                Store::execute_in(tx, s).await?;
+    for s in spends.iter() {
+        if decided.applied[s.index] {
+            for st in batch[s.index].guard.iter().flat_map(|g| &g.then) {
+                Store::execute_in(tx, st).await?;
             }
         }
     }

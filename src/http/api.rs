@@ -16,6 +16,7 @@ use crate::error::{Error, Problem, Result};
 use crate::licenses::retrieval::{
     self, ConsentAccess, Coverage, RetrievedLicense, Verification, VerificationRequest,
 };
+use crate::oauth::AccessClaims;
 
 /// Routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -28,6 +29,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// A token from a holder's consent, checked in full for this call.
 pub struct ConsentToken(pub ConsentAccess);
 
+/// An access token verified for this call (signature, expiry, its DPoP proof
+/// when bound); [`retrieval::retrieve`] checks the rest.
+pub struct VerifiedToken(pub AccessClaims);
+
 fn invalid(detail: &str, dpop: bool) -> Error {
     Error::TokenRefused {
         insufficient: false,
@@ -37,6 +42,15 @@ fn invalid(detail: &str, dpop: bool) -> Error {
 }
 
 impl FromRequestParts<AppState> for ConsentToken {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        let VerifiedToken(claims) = VerifiedToken::from_request_parts(parts, state).await?;
+        Ok(ConsentToken(retrieval::check_token(state, claims).await?))
+    }
+}
+
+impl FromRequestParts<AppState> for VerifiedToken {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
@@ -102,7 +116,7 @@ impl FromRequestParts<AppState> for ConsentToken {
             (None, true) => return Err(invalid("this token is not DPoP-bound", false)),
             (None, false) => {}
         }
-        Ok(ConsentToken(retrieval::check_token(state, claims).await?))
+        Ok(VerifiedToken(claims))
     }
 }
 
@@ -139,10 +153,10 @@ async fn list(
 )]
 async fn get_license(
     State(state): State<AppState>,
-    ConsentToken(a): ConsentToken,
+    VerifiedToken(claims): VerifiedToken,
     Path(id): Path<String>,
 ) -> Result<Json<RetrievedLicense>> {
-    Ok(Json(retrieval::retrieve(&state, &a, &id).await?))
+    Ok(Json(retrieval::retrieve(&state, claims, &id).await?))
 }
 
 /// Verifies a license the entity was shown (核验): authentic, current, status.

@@ -43,6 +43,9 @@ pub struct ConsentAccess {
     pub granted: Vec<GrantedAccess>,
     /// The change generations the call's other reads go by.
     pub generations: Generations,
+    /// Taken from what an earlier call with the token read
+    /// ([`check_token_kept`]), not read for this one.
+    pub reused: bool,
 }
 
 fn refused(detail: impl Into<String>, dpop: bool) -> Error {
@@ -81,13 +84,38 @@ pub async fn check_token(services: &Services, claims: AccessClaims) -> Result<Co
         "expired" => return Err(refused("the holder's consent has expired", dpop)),
         _ => {}
     }
+    services.store.keep_call(&claims.jti, &consent, generations);
     let granted = serde_json::from_str(&consent.details).map_err(Error::internal)?;
     Ok(ConsentAccess {
         claims,
         consent,
         granted,
         generations,
+        reused: false,
     })
+}
+
+/// What the last fresh check of this (verified) token found good, if
+/// anything, without reading it again: only for a call whose group commit
+/// confirms it (see [`crate::audit::Expected`]).
+fn check_token_kept(services: &Services, claims: &AccessClaims) -> Result<Option<ConsentAccess>> {
+    let Some(kept) = services.store.kept_call(&claims.jti) else {
+        return Ok(None);
+    };
+    let (consent, generations) = &*kept;
+    // Kept by token id, for the token's own client and consent only.
+    if claims.consent.as_deref() != Some(consent.id.as_str())
+        || claims.client_id != consent.client_id
+    {
+        return Ok(None);
+    }
+    Ok(Some(ConsentAccess {
+        claims: claims.clone(),
+        consent: consent.clone(),
+        granted: serde_json::from_str(&consent.details).map_err(Error::internal)?,
+        generations: *generations,
+        reused: true,
+    }))
 }
 
 /// A license a token covers, without its face fields.
@@ -257,28 +285,73 @@ fn event(a: &ConsentAccess, action: &str, outcome: Outcome) -> AuditEvent {
     e
 }
 
-/// Retrieves one license under the token's consent.
+/// Retrieves one license with a verified access token.
+///
+/// The token's state (entity, revocation, consent) is read once per token,
+/// not on every call: a later call goes by what the last fresh read found
+/// good, and its group commit confirms it under the commit's lock, together
+/// with the change generations its other reads went by. When that no longer
+/// holds (or the call is refused before its commit), nothing was recorded,
+/// and the call is decided again from a fresh read, so a change still
+/// applies to the very next call.
 pub async fn retrieve(
+    services: &Services,
+    claims: AccessClaims,
+    identifier: &str,
+) -> Result<RetrievedLicense> {
+    if let Some(a) = check_token_kept(services, &claims)? {
+        match retrieve_under(services, &a, identifier).await? {
+            Attempt::Done(r) => return Ok(*r),
+            Attempt::Stale => services.store.forget_call(&claims.jti),
+        }
+    }
+    let a = check_token(services, claims).await?;
+    match retrieve_under(services, &a, identifier).await? {
+        Attempt::Done(r) => Ok(*r),
+        Attempt::Stale => Err(Error::internal("a retrieval read fresh was found stale")),
+    }
+}
+
+/// What one attempt at a retrieval came to.
+enum Attempt {
+    Done(Box<RetrievedLicense>),
+    /// It went by a kept state that no longer holds: nothing was recorded.
+    Stale,
+}
+
+/// Retrieves one license under the token's consent `a`.
+async fn retrieve_under(
     services: &Services,
     a: &ConsentAccess,
     identifier: &str,
-) -> Result<RetrievedLicense> {
-    let (granted, base) = covered(a, identifier)?;
-    let current = services
-        .store
-        .current_license_at(a.generations, &base)
-        .await?
-        .ok_or_else(|| Error::NotFound("no license of this consent has this identifier".into()))?;
+) -> Result<Attempt> {
+    let decided = async {
+        let (granted, base) = covered(a, identifier)?;
+        let current = services
+            .store
+            .current_license_at(a.generations, &base)
+            .await?
+            .ok_or_else(|| {
+                Error::NotFound("no license of this consent has this identifier".into())
+            })?;
+        let status = decide(
+            services,
+            a,
+            PolicyAction::Retrieve,
+            &current.0,
+            &current.1.identifier,
+            &granted.fields,
+        )
+        .await?;
+        Ok::<_, Error>((granted, current, status))
+    };
+    let (granted, current, status) = match decided.await {
+        Ok(d) => d,
+        // Refused on a kept state (nothing recorded yet): decided again on a fresh read.
+        Err(_) if a.reused => return Ok(Attempt::Stale),
+        Err(e) => return Err(e),
+    };
     let (license, version) = (&current.0, &current.1);
-    let status = decide(
-        services,
-        a,
-        PolicyAction::Retrieve,
-        license,
-        &version.identifier,
-        &granted.fields,
-    )
-    .await?;
     let all = services.library.disclosures(version)?;
     let mut fields = Map::new();
     let mut chosen = Vec::new();
@@ -320,10 +393,17 @@ pub async fn retrieve(
                 ..Guarded::new(Guard::Spend {
                     consent_id: a.consent.id.clone(),
                     now_unix: t.unix_timestamp(),
+                    expect: a.reused.then(|| crate::audit::Expected {
+                        jti: a.claims.jti.clone(),
+                        generations: a.generations,
+                    }),
                 })
             },
         )
         .await?;
+    if appended.stale {
+        return Ok(Attempt::Stale);
+    }
     if !appended.applied {
         return Err(Error::Forbidden(
             "the consent's retrieval budget is spent, or the consent has ended".into(),
@@ -361,7 +441,7 @@ pub async fn retrieve(
         .active(BROKER)
         .await?
         .sign_jws("retrieval-receipt+jwt", &receipt_claims)?;
-    Ok(RetrievedLicense {
+    Ok(Attempt::Done(Box::new(RetrievedLicense {
         identifier: version.identifier.clone(),
         license_type: license.license_type.clone(),
         issuer_jwks_uri: format!("{base_url}/issuers/{}/jwks.json", license.issuer_id),
@@ -373,7 +453,7 @@ pub async fn retrieve(
         sd_jwt,
         audit_seq: seq,
         receipt,
-    })
+    })))
 }
 
 /// What an entity holds and wants verified.

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use sqlx::any::AnyRow;
 
+use super::consent::ConsentRow;
 use super::entities::{EntityRow, ScenarioRow};
 use super::licenses::{LicenseRow, VersionRow};
 use super::{col, Store};
@@ -81,6 +82,16 @@ impl<K: Eq + Hash, V: Clone> Kept<K, V> {
             insert_bounded(&mut map, key, value);
         }
     }
+    /// Forgets what is kept under `key`.
+    pub(crate) fn remove<Q>(&self, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Eq + Hash + ?Sized,
+    {
+        if let Ok(mut map) = self.0.lock() {
+            map.remove(key);
+        }
+    }
 }
 
 /// Values valid for one generation.
@@ -140,6 +151,9 @@ impl<K: Eq + Hash, V> Generational<K, V> {
 
 /// The maps behind [`Store`]'s `*_at` reads.
 pub(crate) struct ReadCache {
+    /// By token id: the consent and generations a call with that token last
+    /// read and found good (see [`Store::kept_call`]).
+    calls: Kept<String, Arc<(ConsentRow, Generations)>>,
     entities: Generational<String, (EntityRow, Vec<ScenarioRow>)>,
     license_types: Generational<String, LicenseType>,
     licenses: Generational<String, (LicenseRow, VersionRow)>,
@@ -148,6 +162,7 @@ pub(crate) struct ReadCache {
 impl ReadCache {
     pub(crate) fn new() -> Self {
         ReadCache {
+            calls: Kept::default(),
             entities: Generational::new(),
             license_types: Generational::new(),
             licenses: Generational::new(),
@@ -156,6 +171,26 @@ impl ReadCache {
 }
 
 impl Store {
+    /// The consent and generations that the last fresh call with the token
+    /// `jti` read and found good (active entity, token not revoked, consent
+    /// active and unexpired), to be confirmed in the group commit of what the
+    /// call does (`audit::Expected`) instead of read again before it.
+    pub fn kept_call(&self, jti: &str) -> Option<Arc<(ConsentRow, Generations)>> {
+        self.cache.calls.get(jti)
+    }
+
+    /// Keeps what a fresh call with the token `jti` found good.
+    pub fn keep_call(&self, jti: &str, consent: &ConsentRow, g: Generations) {
+        self.cache
+            .calls
+            .put(jti.to_owned(), Arc::new((consent.clone(), g)));
+    }
+
+    /// Forgets what was kept for the token `jti`.
+    pub fn forget_call(&self, jti: &str) {
+        self.cache.calls.remove(jti);
+    }
+
     /// [`Store::entity_with_scenarios`] as of `g`.
     pub async fn entity_with_scenarios_at(
         &self,

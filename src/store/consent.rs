@@ -22,6 +22,20 @@ pub struct Budget {
     pub max_retrievals: i64,
     /// End of the consent (unix seconds).
     pub expires_at: i64,
+    /// Its entity is active.
+    pub client_active: bool,
+}
+
+/// What a group commit reads, under its lock, about the consents it spends
+/// from and the tokens that spend them.
+#[derive(Debug, Clone, Default)]
+pub struct Budgets {
+    /// By consent id.
+    pub consents: HashMap<String, Budget>,
+    /// The token ids asked about that are revoked.
+    pub revoked: std::collections::HashSet<String>,
+    /// The change generations now (see [`super::cache`]).
+    pub generations: Generations,
 }
 
 impl Budget {
@@ -601,37 +615,58 @@ impl Store {
     /// The budgets of the consents `ids`, read in a group commit that spends
     /// retrievals from them; on PostgreSQL the rows stay locked until that
     /// commit (SQLite's one writer holds them anyway). A consent that does not
-    /// exist is absent from the answer.
+    /// exist is absent from the answer. With them: which of the tokens `jtis`
+    /// are revoked, the consents' entities' status and the change
+    /// generations, so that a call that went by what it read earlier is
+    /// confirmed under the same lock as its spend.
     pub async fn lock_budgets_in(
         conn: &mut AnyConnection,
         ids: &[&str],
-    ) -> Result<HashMap<String, Budget>> {
+        jtis: &[&str],
+    ) -> Result<Budgets> {
         let sql = if conn.backend_name().eq_ignore_ascii_case("sqlite") {
-            "SELECT id, status, retrievals, max_retrievals, expires_at FROM consents
-              WHERE id IN (SELECT value FROM json_each($1))"
+            "SELECT c.id, c.status, c.retrievals, c.max_retrievals, c.expires_at, k.status AS client_status,
+                    (SELECT json_group_array(jti) FROM revoked_tokens
+                      WHERE jti IN (SELECT value FROM json_each($2))) AS revoked,
+                    (SELECT value FROM cache_generations WHERE name = 'facts') AS facts_generation,
+                    (SELECT value FROM cache_generations WHERE name = 'licenses') AS licenses_generation
+               FROM consents c LEFT JOIN clients k ON k.client_id = c.client_id
+              WHERE c.id IN (SELECT value FROM json_each($1))"
         } else {
             // In one order, so that nothing else taking several can deadlock with it.
-            "SELECT id, status, retrievals, max_retrievals, expires_at FROM consents
-              WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb)) ORDER BY id FOR UPDATE"
+            "SELECT c.id, c.status, c.retrievals, c.max_retrievals, c.expires_at, k.status AS client_status,
+                    (SELECT COALESCE(json_agg(jti), '[]'::json)::text FROM revoked_tokens
+                      WHERE jti IN (SELECT jsonb_array_elements_text($2::jsonb))) AS revoked,
+                    (SELECT value FROM cache_generations WHERE name = 'facts') AS facts_generation,
+                    (SELECT value FROM cache_generations WHERE name = 'licenses') AS licenses_generation
+               FROM consents c LEFT JOIN clients k ON k.client_id = c.client_id
+              WHERE c.id IN (SELECT jsonb_array_elements_text($1::jsonb)) ORDER BY c.id FOR UPDATE OF c"
         };
-        let ids = serde_json::to_string(ids).map_err(Error::internal)?;
-        sqlx::query(sql)
-            .bind(ids)
+        let rows = sqlx::query(sql)
+            .bind(serde_json::to_string(ids).map_err(Error::internal)?)
+            .bind(serde_json::to_string(jtis).map_err(Error::internal)?)
             .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok((
-                    col(r, "id")?,
-                    Budget {
-                        active: col::<String>(r, "status")? == "active",
-                        retrievals: col(r, "retrievals")?,
-                        max_retrievals: col(r, "max_retrievals")?,
-                        expires_at: col(r, "expires_at")?,
-                    },
-                ))
-            })
-            .collect()
+            .await?;
+        let mut budgets = Budgets::default();
+        for (i, r) in rows.iter().enumerate() {
+            if i == 0 {
+                budgets.generations = Generations::from_row(r)?;
+                budgets.revoked =
+                    serde_json::from_str(&col::<String>(r, "revoked")?).map_err(Error::internal)?;
+            }
+            budgets.consents.insert(
+                col(r, "id")?,
+                Budget {
+                    active: col::<String>(r, "status")? == "active",
+                    retrievals: col(r, "retrievals")?,
+                    max_retrievals: col(r, "max_retrievals")?,
+                    expires_at: col(r, "expires_at")?,
+                    client_active: col::<Option<String>>(r, "client_status")?.as_deref()
+                        == Some("active"),
+                },
+            );
+        }
+        Ok(budgets)
     }
 
     /// Adds the retrievals spent in a group commit to their consents' counters,
