@@ -52,6 +52,18 @@ async fn status_and_challenge(res: reqwest::Response) -> (u16, String) {
     (status, challenge)
 }
 
+/// The audit records after the first `before` that serve or refuse something.
+async fn reads_and_refusals_since(
+    w: &World,
+    before: usize,
+) -> Vec<(String, String, Option<String>)> {
+    let mut all = actions(w).await;
+    all.split_off(before)
+        .into_iter()
+        .filter(|(a, o, _)| a == "license.retrieved" || o == "refused")
+        .collect()
+}
+
 #[tokio::test]
 async fn retrieval_serves_only_what_was_consented_and_proves_it() {
     let w = world_with(|_| {}).await;
@@ -297,7 +309,13 @@ async fn every_rule_applies_on_the_next_call() {
             .await
             .unwrap();
     assert_eq!(res.status(), 200);
+    // Refused on the state kept from the read before, the call is decided
+    // again on a fresh read: one refusal on record, nothing served.
+    let before = actions(&w).await.len();
     assert_eq!(read(token.clone()).await.0, 401);
+    let new = reads_and_refusals_since(&w, before).await;
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_eq!(new[0].1, "refused", "{new:?}");
     let (_, t2) = token_form(
         &w,
         &id,
@@ -350,7 +368,11 @@ async fn every_rule_applies_on_the_next_call() {
     let spare = fresh().await;
     assert_eq!(read(at(&spare)).await.0, 200);
     assert_eq!(set_bank_scenario_withdrawn(&w, &id, true).await, 200);
+    let before = actions(&w).await.len();
     assert_eq!(read(at(&spare)).await.0, 403);
+    let new = reads_and_refusals_since(&w, before).await;
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_eq!(new[0].1, "refused", "{new:?}");
     assert_eq!(set_bank_scenario_withdrawn(&w, &id, false).await, 200);
     assert_eq!(read(at(&spare)).await.0, 200);
 

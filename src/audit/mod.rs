@@ -718,7 +718,8 @@ impl AuditLog {
         let appended = wait
             .await
             .map_err(|_| Error::Unavailable("the audit log writer stopped".into()))??;
-        if refusal_now || (refusal_if_refused && !appended.applied) {
+        // A stale call recorded nothing: its refusal, if any, is still to be recorded.
+        if !appended.stale && (refusal_now || (refusal_if_refused && !appended.applied)) {
             note_refusal_recorded();
         }
         Ok(appended)
@@ -811,7 +812,7 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Pending>, metrics: WriterMe
                 tracing::error!(error = %e, records = batch.len(), "audit append failed");
                 for p in batch.drain(..) {
                     let _ = p.done.send(Err(Error::Unavailable(
-                        "the audit log could not record this request; nothing was done".into(),
+                        "the audit log is unavailable: it could not record this request, and nothing was done".into(),
                     )));
                 }
             }
