@@ -370,7 +370,7 @@ pub async fn resolve(
             },
         )
         .await?;
-    if !appended.applied {
+    if !appended.applied() {
         return Err(Error::Conflict(
             "this objection was answered meanwhile".into(),
         ));

@@ -665,11 +665,29 @@ impl Guarded {
 pub struct Appended {
     /// Sequence numbers of the records appended, in order.
     pub seqs: Vec<i64>,
-    /// Whether the guarded change was made (always true without a guard).
-    pub applied: bool,
+    /// What the commit decided for the call.
+    pub decision: Decision,
+}
+
+/// What a group commit decided for one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// The guarded change was made (always, without a guard) and the call's
+    /// records appended.
+    Applied,
+    /// The guard did not hold: nothing changed, the `refused` records were
+    /// appended instead.
+    Refused,
     /// The call went by a state that has changed since ([`Expected`]):
     /// nothing was recorded or changed, and it is to be decided again.
-    pub stale: bool,
+    Stale,
+}
+
+impl Appended {
+    /// Whether the guarded change was made.
+    pub fn applied(&self) -> bool {
+        self.decision == Decision::Applied
+    }
 }
 
 struct Pending {
@@ -704,7 +722,7 @@ impl AuditLog {
     }
 
     async fn submit(&self, events: Vec<AuditEvent>, guard: Option<Guarded>) -> Result<Appended> {
-        let refusal_now = events.iter().any(|e| e.outcome == Outcome::Refused);
+        let refusal_if_applied = events.iter().any(|e| e.outcome == Outcome::Refused);
         let refusal_if_refused = guard.as_ref().is_some_and(|g| !g.refused.is_empty());
         let (done, wait) = oneshot::channel();
         self.queue
@@ -718,8 +736,13 @@ impl AuditLog {
         let appended = wait
             .await
             .map_err(|_| Error::Unavailable("the audit log writer stopped".into()))??;
-        // A stale call recorded nothing: its refusal, if any, is still to be recorded.
-        if !appended.stale && (refusal_now || (refusal_if_refused && !appended.applied)) {
+        // By what was appended for the call.
+        let refusal_recorded = match appended.decision {
+            Decision::Applied => refusal_if_applied,
+            Decision::Refused => refusal_if_refused,
+            Decision::Stale => false,
+        };
+        if refusal_recorded {
             note_refusal_recorded();
         }
         Ok(appended)
@@ -826,8 +849,7 @@ async fn commit_batch(store: &Store, batch: &[Pending]) -> Result<Vec<Appended>>
     // of taking the guards' row locks in different orders (a deadlock), and a
     // SQLite transaction holds the write lock from its first statement.
     let head = Store::lock_audit_head(&mut tx).await?;
-    let mut applied = vec![true; batch.len()];
-    let mut stale = vec![false; batch.len()];
+    let mut decisions = vec![Decision::Applied; batch.len()];
     // Spends not yet decided: decided together, before any later statement
     // runs (it might change their consents).
     let mut spends = Vec::new();
@@ -848,43 +870,37 @@ async fn commit_batch(store: &Store, batch: &[Pending]) -> Result<Vec<Appended>>
             continue;
         }
         if matches!(g.guard, Guard::Changes(_)) || !g.then.is_empty() {
-            let mut decided = Decided {
-                applied: &mut applied,
-                stale: &mut stale,
-            };
-            decide_spends(&mut tx, batch, &mut spends, &mut decided).await?;
+            decide_spends(&mut tx, batch, &mut spends, &mut decisions).await?;
         }
         if let Guard::Changes(s) = &g.guard {
-            applied[i] = Store::execute_in(&mut tx, s).await? > 0;
+            if Store::execute_in(&mut tx, s).await? == 0 {
+                decisions[i] = Decision::Refused;
+            }
         }
-        if applied[i] {
+        if decisions[i] == Decision::Applied {
             for s in &g.then {
                 Store::execute_in(&mut tx, s).await?;
             }
         }
     }
-    let mut decided = Decided {
-        applied: &mut applied,
-        stale: &mut stale,
-    };
-    decide_spends(&mut tx, batch, &mut spends, &mut decided).await?;
+    decide_spends(&mut tx, batch, &mut spends, &mut decisions).await?;
     let notifications: Vec<_> = batch
         .iter()
-        .zip(&applied)
-        .filter(|(_, applied)| **applied)
+        .zip(&decisions)
+        .filter(|(_, d)| **d == Decision::Applied)
         .filter_map(|(p, _)| p.guard.as_ref())
         .flat_map(|g| &g.notifications)
         .collect();
     Store::insert_notifications_in(&mut tx, &notifications).await?;
     let mut events = Vec::new();
     let mut shapes = Vec::with_capacity(batch.len());
-    for ((p, &applied), &stale) in batch.iter().zip(&applied).zip(&stale) {
-        let chosen: &[AuditEvent] = match &p.guard {
-            _ if stale => &[],
-            Some(g) if !applied => &g.refused,
+    for (p, &decision) in batch.iter().zip(&decisions) {
+        let chosen: &[AuditEvent] = match (decision, &p.guard) {
+            (Decision::Stale, _) => &[],
+            (Decision::Refused, Some(g)) => &g.refused,
             _ => &p.events,
         };
-        shapes.push((chosen.len(), applied, stale));
+        shapes.push((chosen.len(), decision));
         events.extend(chosen.iter().cloned());
     }
     let records = append_after(&mut tx, head, events).await?;
@@ -892,10 +908,9 @@ async fn commit_batch(store: &Store, batch: &[Pending]) -> Result<Vec<Appended>>
     let mut seqs = records.iter().map(|r| r.seq);
     Ok(shapes
         .into_iter()
-        .map(|(n, applied, stale)| Appended {
+        .map(|(n, decision)| Appended {
             seqs: seqs.by_ref().take(n).collect(),
-            applied,
-            stale,
+            decision,
         })
         .collect())
 }
@@ -909,12 +924,6 @@ struct Spend<'a> {
     expect: Option<&'a Expected>,
 }
 
-/// What a group commit decided for each of its calls.
-struct Decided<'a> {
-    applied: &'a mut [bool],
-    stale: &'a mut [bool],
-}
-
 /// Decides the budget spends `spends` in their order, from one read of their
 /// consents (and of what the calls among them that went by an earlier read
 /// expect), writes them with one statement, then runs the statements of those
@@ -923,7 +932,7 @@ async fn decide_spends(
     tx: &mut AnyConnection,
     batch: &[Pending],
     spends: &mut Vec<Spend<'_>>,
-    decided: &mut Decided<'_>,
+    decisions: &mut [Decision],
 ) -> Result<()> {
     if spends.is_empty() {
         return Ok(());
@@ -942,27 +951,26 @@ async fn decide_spends(
     for s in spends.iter() {
         let budget = budgets.consents.get(s.consent);
         if let Some(e) = s.expect {
-            let holds = budget
-                .is_some_and(|b| b.active && b.client_active && b.expires_at > s.now_unix)
+            let holds = budget.is_some_and(|b| b.client_active && b.open(s.now_unix))
                 && !budgets.revoked.contains(&e.jti)
                 && budgets.generations == e.generations;
             if !holds {
-                decided.applied[s.index] = false;
-                decided.stale[s.index] = true;
+                decisions[s.index] = Decision::Stale;
                 continue;
             }
         }
         let n = spent.entry(s.consent).or_default();
-        decided.applied[s.index] = budget.is_some_and(|b| b.allows(*n, s.now_unix));
-        if decided.applied[s.index] {
+        if budget.is_some_and(|b| b.allows(*n, s.now_unix)) {
             *n += 1;
+        } else {
+            decisions[s.index] = Decision::Refused;
         }
     }
     let mut spent: Vec<(&str, i64)> = spent.into_iter().filter(|(_, n)| *n > 0).collect();
     spent.sort_unstable();
     Store::spend_retrievals_in(tx, &spent, &timestamp(now())).await?;
     for s in spends.iter() {
-        if decided.applied[s.index] {
+        if decisions[s.index] == Decision::Applied {
             for st in batch[s.index].guard.iter().flat_map(|g| &g.then) {
                 Store::execute_in(tx, st).await?;
             }

@@ -20,7 +20,7 @@ use utoipa::ToSchema;
 
 use super::{effective_status, license_base, sdjwt, today, LicenseStatus};
 use crate::app::Services;
-use crate::audit::{ActorKind, AuditEvent, Guard, Guarded, Outcome};
+use crate::audit::{ActorKind, AuditEvent, Decision, Guard, Guarded, Outcome};
 use crate::consent::{effective_consent_status, unix_to_rfc3339, GrantedAccess};
 use crate::entities::DecisionRequest;
 use crate::error::{Error, Result};
@@ -401,13 +401,14 @@ async fn retrieve_under(
             },
         )
         .await?;
-    if appended.stale {
-        return Ok(Attempt::Stale);
-    }
-    if !appended.applied {
-        return Err(Error::Forbidden(
-            "the consent's retrieval budget is spent, or the consent has ended".into(),
-        ));
+    match appended.decision {
+        Decision::Applied => {}
+        Decision::Stale => return Ok(Attempt::Stale),
+        Decision::Refused => {
+            return Err(Error::Forbidden(
+                "the consent's retrieval budget is spent, or the consent has ended".into(),
+            ))
+        }
     }
     let seq = appended
         .seqs

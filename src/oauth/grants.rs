@@ -175,7 +175,7 @@ impl TokenGrant<'_> {
             .audit
             .record_guarded(records, guard)
             .await?
-            .applied
+            .applied()
         {
             return Ok(None);
         }

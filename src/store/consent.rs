@@ -43,9 +43,12 @@ impl Budget {
     /// more in the same commit: while the consent is active, unexpired and has
     /// budget left (used up is the counter at its maximum, not a stored state).
     pub fn allows(&self, spent: i64, now_unix: i64) -> bool {
-        self.active
-            && self.expires_at > now_unix
-            && self.retrievals.saturating_add(spent) < self.max_retrievals
+        self.open(now_unix) && self.retrievals.saturating_add(spent) < self.max_retrievals
+    }
+
+    /// Whether the consent is active and unexpired at `now_unix`.
+    pub fn open(&self, now_unix: i64) -> bool {
+        self.active && self.expires_at > now_unix
     }
 }
 
