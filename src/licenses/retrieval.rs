@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::keys::{b64url, random_token, sha256, BROKER};
 use crate::oauth::AccessClaims;
 use crate::policy::{PolicyAction, Resource};
-use crate::store::cache::Generations;
+use crate::store::cache::{Generations, KeptCall};
 use crate::store::consent::ConsentRow;
 use crate::store::licenses::LicenseRow;
 use crate::store::{now, timestamp};
@@ -84,8 +84,16 @@ pub async fn check_token(services: &Services, claims: AccessClaims) -> Result<Co
         "expired" => return Err(refused("the holder's consent has expired", dpop)),
         _ => {}
     }
-    services.store.keep_call(&claims.jti, &consent, generations);
-    let granted = serde_json::from_str(&consent.details).map_err(Error::internal)?;
+    let granted: Vec<GrantedAccess> =
+        serde_json::from_str(&consent.details).map_err(Error::internal)?;
+    services.store.keep_call(
+        &claims.jti,
+        KeptCall {
+            consent: consent.clone(),
+            granted: granted.clone(),
+            generations,
+        },
+    );
     Ok(ConsentAccess {
         claims,
         consent,
@@ -98,24 +106,21 @@ pub async fn check_token(services: &Services, claims: AccessClaims) -> Result<Co
 /// What the last fresh check of this (verified) token found good, if
 /// anything, without reading it again: only for a call whose group commit
 /// confirms it (see [`crate::audit::Expected`]).
-fn check_token_kept(services: &Services, claims: &AccessClaims) -> Result<Option<ConsentAccess>> {
-    let Some(kept) = services.store.kept_call(&claims.jti) else {
-        return Ok(None);
-    };
-    let (consent, generations) = &*kept;
+fn check_token_kept(services: &Services, claims: &AccessClaims) -> Option<ConsentAccess> {
+    let kept = services.store.kept_call(&claims.jti)?;
     // Kept by token id, for the token's own client and consent only.
-    if claims.consent.as_deref() != Some(consent.id.as_str())
-        || claims.client_id != consent.client_id
+    if claims.consent.as_deref() != Some(kept.consent.id.as_str())
+        || claims.client_id != kept.consent.client_id
     {
-        return Ok(None);
+        return None;
     }
-    Ok(Some(ConsentAccess {
+    Some(ConsentAccess {
         claims: claims.clone(),
-        consent: consent.clone(),
-        granted: serde_json::from_str(&consent.details).map_err(Error::internal)?,
-        generations: *generations,
+        consent: kept.consent.clone(),
+        granted: kept.granted.clone(),
+        generations: kept.generations,
         reused: true,
-    }))
+    })
 }
 
 /// A license a token covers, without its face fields.
@@ -299,7 +304,7 @@ pub async fn retrieve(
     claims: AccessClaims,
     identifier: &str,
 ) -> Result<RetrievedLicense> {
-    if let Some(a) = check_token_kept(services, &claims)? {
+    if let Some(a) = check_token_kept(services, &claims) {
         match retrieve_under(services, &a, identifier).await? {
             Attempt::Done(r) => return Ok(*r),
             Attempt::Stale => services.store.forget_call(&claims.jti),

@@ -21,6 +21,7 @@ use super::consent::ConsentRow;
 use super::entities::{EntityRow, ScenarioRow};
 use super::licenses::{LicenseRow, VersionRow};
 use super::{col, Store};
+use crate::consent::GrantedAccess;
 use crate::error::Result;
 use crate::licenses::catalog::LicenseType;
 
@@ -153,7 +154,7 @@ impl<K: Eq + Hash, V> Generational<K, V> {
 pub(crate) struct ReadCache {
     /// By token id: the consent and generations a call with that token last
     /// read and found good (see [`Store::kept_call`]).
-    calls: Kept<String, Arc<(ConsentRow, Generations)>>,
+    calls: Kept<String, Arc<KeptCall>>,
     entities: Generational<String, (EntityRow, Vec<ScenarioRow>)>,
     license_types: Generational<String, LicenseType>,
     licenses: Generational<String, (LicenseRow, VersionRow)>,
@@ -170,20 +171,29 @@ impl ReadCache {
     }
 }
 
+/// What the last fresh check of a token found good (see [`Store::kept_call`]).
+#[derive(Debug)]
+pub struct KeptCall {
+    /// Its consent.
+    pub consent: ConsentRow,
+    /// What the consent grants, parsed from its details.
+    pub granted: Vec<GrantedAccess>,
+    /// The change generations the check saw.
+    pub generations: Generations,
+}
+
 impl Store {
-    /// The consent and generations that the last fresh call with the token
+    /// The consent (parsed grants included) and generations that the last fresh call with the token
     /// `jti` read and found good (active entity, token not revoked, consent
     /// active and unexpired), to be confirmed in the group commit of what the
     /// call does (`audit::Expected`) instead of read again before it.
-    pub fn kept_call(&self, jti: &str) -> Option<Arc<(ConsentRow, Generations)>> {
+    pub fn kept_call(&self, jti: &str) -> Option<Arc<KeptCall>> {
         self.cache.calls.get(jti)
     }
 
     /// Keeps what a fresh call with the token `jti` found good.
-    pub fn keep_call(&self, jti: &str, consent: &ConsentRow, g: Generations) {
-        self.cache
-            .calls
-            .put(jti.to_owned(), Arc::new((consent.clone(), g)));
+    pub fn keep_call(&self, jti: &str, call: KeptCall) {
+        self.cache.calls.put(jti.to_owned(), Arc::new(call));
     }
 
     /// Forgets what was kept for the token `jti`.
