@@ -246,8 +246,12 @@ impl Store {
                 continue;
             }
             let sql = if sqlite {
+                // `+status`: find the rows by id. On the status index SQLite
+                // visited every queued notification per chunk (some 30,000
+                // after 5 s at 6,000 retrievals/s), holding the log's writer
+                // for over 100 ms each round.
                 "UPDATE notifications SET status = $2
-                  WHERE status = 'queued' AND id IN (SELECT value FROM json_each($1))
+                  WHERE +status = 'queued' AND id IN (SELECT value FROM json_each($1))
                   RETURNING id"
             } else {
                 // Rows another node is moving are skipped, not waited for
