@@ -133,7 +133,7 @@ pub async fn send_ok(req: reqwest::RequestBuilder) {
     );
 }
 
-/// What wrk measured: requests per second, latency percentiles and the
+/// What a load generator measured: requests per second, latency percentiles and the
 /// slowest request in ms, and the requests that were not answered 200 (or
 /// failed on the socket).
 pub struct WrkFigures {
@@ -213,4 +213,210 @@ end
         p999: ms(7),
         max: ms(8),
     })
+}
+
+/// An open-loop load at a fixed rate, the way wrk2 measures: request `i` is
+/// due at `start + i / rate` whatever happened before it, and its latency
+/// counts from when it was due, not from when a connection was free to send
+/// it. A closed loop (wrk, [`load`]) sends the next request only when an
+/// answer comes back, so it slows down with the server and never measures
+/// the requests a stall held back (coordinated omission): it measures the
+/// latency at saturation. This measures the latency at `rate`.
+///
+/// `connections` HTTP/1.1 keep-alive connections to `addr` send `GET path`
+/// with `Authorization: authorization` for `seconds`, from a single-threaded
+/// runtime on a thread of its own (a scheduler apart from the server's, on
+/// the same 2 cores). A pacing thread releases the requests as they fall due
+/// (it wakes every 100 µs); a request waits for a free connection when all
+/// are busy. How late requests were sent is reported apart, split into the
+/// wait for a free connection (the server was slow) and the generator's own
+/// delay (pacing and scheduling); both are in the latency.
+pub fn paced(
+    addr: std::net::SocketAddr,
+    path: &str,
+    authorization: &str,
+    rate: u32,
+    seconds: u64,
+    connections: usize,
+) -> Paced {
+    let (path, authorization) = (path.to_owned(), authorization.to_owned());
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("load generator runtime")
+            .block_on(paced_run(
+                addr,
+                path,
+                authorization,
+                rate,
+                seconds,
+                connections,
+            ))
+    })
+    .join()
+    .expect("load generator")
+}
+
+/// What [`paced`] measured: the latency from when each request was due
+/// (`latency.rate` is the rate answered), the p99 of the wait for a free
+/// connection and of the generator's own delay (ms), and the 100 ms windows
+/// with the slowest answers (start in ms from the first request, answers
+/// in the window, their slowest latency in ms).
+pub struct Paced {
+    pub latency: WrkFigures,
+    pub no_connection_p99: f64,
+    pub generator_p99: f64,
+    pub worst_windows: Vec<(u64, usize, f64)>,
+}
+
+/// One answered (or failed) request of [`paced`].
+struct Sent {
+    due: Instant,
+    /// When its connection became free (after the due time if all were busy).
+    free: Instant,
+    sent: Instant,
+    done: Instant,
+    ok: bool,
+}
+
+async fn paced_run(
+    addr: std::net::SocketAddr,
+    path: String,
+    authorization: String,
+    rate: u32,
+    seconds: u64,
+    connections: usize,
+) -> Paced {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+    use std::sync::atomic::AtomicU64;
+
+    let total = u64::from(rate) * seconds;
+    let interval = 1e9 / f64::from(rate);
+    let mut senders = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("handshake");
+        tokio::spawn(conn);
+        senders.push(sender);
+    }
+    let start = Instant::now() + Duration::from_millis(20);
+    let due = move |i: u64| start + Duration::from_nanos((i as f64 * interval) as u64);
+    // Requests fall due in order; a permit is one that has.
+    let released = Arc::new(tokio::sync::Semaphore::new(0));
+    let pacer = {
+        let released = released.clone();
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while i < total {
+                let now = Instant::now();
+                let mut n = 0;
+                while i < total && due(i) <= now {
+                    i += 1;
+                    n += 1;
+                }
+                if n > 0 {
+                    released.add_permits(n);
+                }
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        })
+    };
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(connections);
+    for mut sender in senders {
+        let (next, released, path, authorization) = (
+            next.clone(),
+            released.clone(),
+            path.clone(),
+            authorization.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut seen: Vec<Sent> = Vec::new();
+            loop {
+                let free = Instant::now();
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                released.acquire().await.expect("pacer").forget();
+                let sent = Instant::now();
+                let req = hyper::Request::get(path.as_str())
+                    .header(hyper::header::HOST, addr.to_string())
+                    .header(hyper::header::AUTHORIZATION, authorization.as_str())
+                    .body(Empty::<Bytes>::new())
+                    .expect("request");
+                let ok = match sender.send_request(req).await {
+                    Ok(res) => {
+                        let status = res.status();
+                        res.into_body().collect().await.is_ok() && status == 200
+                    }
+                    Err(_) => false,
+                };
+                seen.push(Sent {
+                    due: due(i),
+                    free,
+                    sent,
+                    done: Instant::now(),
+                    ok,
+                });
+                if !ok && sender.ready().await.is_err() {
+                    break;
+                }
+            }
+            seen
+        }));
+    }
+    let mut seen = Vec::with_capacity(total as usize);
+    for t in tasks {
+        seen.extend(t.await.expect("load task"));
+    }
+    pacer.join().expect("pacer");
+    let requests = seen.len() as u64;
+    let errors = seen.iter().filter(|s| !s.ok).count() as u64;
+    let end = seen.iter().map(|s| s.done).max().unwrap_or(start);
+    let sorted = |f: &dyn Fn(&Sent) -> Duration| {
+        let mut v: Vec<Duration> = seen.iter().map(f).collect();
+        v.sort();
+        v
+    };
+    let latency = sorted(&|s| s.done - s.due);
+    let no_connection = sorted(&|s| s.free.saturating_duration_since(s.due));
+    let generator = sorted(&|s| s.sent.saturating_duration_since(s.due.max(s.free)));
+    // The slowest answer of each 100 ms window (by when it was answered).
+    let mut windows: std::collections::BTreeMap<u64, (usize, Duration)> = Default::default();
+    for s in &seen {
+        let w = windows
+            .entry(s.done.saturating_duration_since(start).as_millis() as u64 / 100 * 100)
+            .or_default();
+        w.0 += 1;
+        w.1 = w.1.max(s.done - s.due);
+    }
+    let mut worst: Vec<(u64, usize, f64)> = windows
+        .into_iter()
+        .map(|(at, (n, max))| (at, n, max.as_secs_f64() * 1000.0))
+        .collect();
+    worst.sort_by(|a, b| b.2.total_cmp(&a.2));
+    worst.truncate(5);
+    Paced {
+        latency: WrkFigures {
+            rate: requests as f64 / end.duration_since(start).as_secs_f64(),
+            p50: percentile(&latency, 0.5),
+            p90: percentile(&latency, 0.9),
+            p95: percentile(&latency, 0.95),
+            p99: percentile(&latency, 0.99),
+            p999: percentile(&latency, 0.999),
+            max: percentile(&latency, 1.0),
+            requests,
+            errors,
+        },
+        no_connection_p99: percentile(&no_connection, 0.99),
+        generator_p99: percentile(&generator, 0.99),
+        worst_windows: worst,
+    }
 }

@@ -13,7 +13,11 @@
 //! cores, for REQUESTS/2000 seconds (at least 5), with one token, and then
 //! with a new token per request when LICENSEGATE_BENCH_FRESH_TOKENS=N gives
 //! how many to issue (LICENSEGATE_BENCH_LOAD=in-process, or no wrk: the
-//! in-process generator sends REQUESTS retrievals instead).
+//! in-process generator sends REQUESTS retrievals instead). Those are closed
+//! loops: they measure the latency at saturation. Last, an open loop offers
+//! LICENSEGATE_BENCH_RATE retrievals per second (10,000 unless given, 0 to
+//! skip) for as long, and measures each request's latency from when it was
+//! due (benches/common.rs `paced`): the latency at that rate.
 //!
 //!     cargo bench --bench consent [-- REQUESTS [CONCURRENCY] [codes|refreshes|retrievals]...]
 //!
@@ -236,7 +240,7 @@ async fn main() {
     // wrk, a separate process on the same machine, unless it is missing or
     // the in-process generator is asked for (it shares the server's runtime
     // and costs more CPU per request than wrk).
-    let in_process = std::env::var("LICENSEGATE_BENCH_LOAD").is_ok_and(|v| v == "in-process");
+    let mut in_process = std::env::var("LICENSEGATE_BENCH_LOAD").is_ok_and(|v| v == "in-process");
     let seconds = (codes as u64 / 2000).max(5);
     if !in_process {
         // One token for every request, as an entity that reads with the token
@@ -298,18 +302,58 @@ end
                     );
                 }
             }
-            return;
+        } else {
+            println!("wrk is not installed (apt-get install wrk): the in-process load generator measures instead");
+            in_process = true;
         }
-        println!("wrk is not installed (apt-get install wrk): the in-process load generator measures instead");
     }
-    let retrieve = move |_: usize| {
+    if in_process {
         let (http, url, token) = (http2.clone(), license_url.clone(), token.clone());
-        async move {
-            send_ok(http.get(&url).bearer_auth(&token)).await;
-        }
-    };
-    let (rate, p50, p99) = load(codes, concurrency, retrieve).await;
-    println!(
-        "retrievals: {rate:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms ({codes} requests, {concurrency} concurrent, in-process)"
-    );
+        let retrieve = move |_: usize| {
+            let (http, url, token) = (http.clone(), url.clone(), token.clone());
+            async move {
+                send_ok(http.get(&url).bearer_auth(&token)).await;
+            }
+        };
+        let (rate, p50, p99) = load(codes, concurrency, retrieve).await;
+        println!(
+            "retrievals: {rate:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms ({codes} requests, {concurrency} concurrent, in-process)"
+        );
+    }
+    // The latency at a given rate rather than at saturation: an open loop
+    // (benches/common.rs `paced`) offering LICENSEGATE_BENCH_RATE retrievals
+    // per second (10,000 unless given; 0 skips it), one token.
+    let offered: u32 = std::env::var("LICENSEGATE_BENCH_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    if offered > 0 {
+        let path = license_url
+            .strip_prefix(&format!("http://{addr}"))
+            .expect("path");
+        let p = paced(
+            addr,
+            path,
+            &format!("Bearer {token}"),
+            offered,
+            seconds,
+            concurrency,
+        );
+        let f = &p.latency;
+        assert_eq!(f.errors, 0, "retrievals that were not answered 200");
+        println!(
+            "retrievals at {offered}/s offered (open loop): {:.0}/s answered, p50 {:.2} ms, p99 {:.2} ms ({} requests in {seconds} s, {concurrency} connections, latency from when each was due)",
+            f.rate, f.p50, f.p99, f.requests
+        );
+        println!(
+            "  latency ms: p90 {:.2}, p95 {:.2}, p99.9 {:.2}, max {:.2}; p99 of the wait for a free connection {:.2}, of the generator's own delay {:.2}",
+            f.p90, f.p95, f.p999, f.max, p.no_connection_p99, p.generator_p99
+        );
+        let worst: Vec<String> = p
+            .worst_windows
+            .iter()
+            .map(|(at, n, max)| format!("{at} ms: {n} answered, slowest {max:.1} ms"))
+            .collect();
+        println!("  slowest 100 ms windows: {}", worst.join("; "));
+    }
 }
