@@ -74,6 +74,11 @@ pub const CONSENT_REMINDER_DAYS: i64 = 90;
 const LEASE_SECONDS: i64 = 60;
 /// Notifications moved on per transaction by [`dispatch_queued`].
 const DISPATCH_CHUNK: usize = 100;
+/// Queued notifications read at a time by [`dispatch_queued`].
+const DISPATCH_READ: i64 = 500;
+/// At most this many read per round, so that a round still sends its
+/// deliveries when notifications arrive faster than it moves them.
+const DISPATCH_ROUND: usize = 100_000;
 
 /// Deliveries sent per worker round.
 const ROUND: i64 = 100;
@@ -355,56 +360,77 @@ impl DeliveryView {
     }
 }
 
-fn subscribed(e: &EndpointRow, n: &NotificationRow) -> bool {
-    let kinds: Vec<String> = serde_json::from_str(&e.kinds).unwrap_or_default();
+/// Whether endpoint `e`, whose subscribed kinds are `kinds` (none: all),
+/// takes notification `n`.
+fn subscribed(e: &EndpointRow, kinds: &[String], n: &NotificationRow) -> bool {
     e.active
         && (e.recipients == "all" || e.recipients == n.recipient_kind)
         && (kinds.is_empty() || kinds.contains(&n.kind))
 }
 
-/// Moves queued notifications on: suppressed, or one delivery per
-/// subscribed endpoint. Returns how many were moved.
+/// Moves queued notifications on, oldest first: suppressed, or one delivery
+/// per subscribed endpoint; until none is left or [`DISPATCH_ROUND`] were
+/// read. Returns how many were moved.
+///
+/// Every retrieval queues one, so under load thousands arrive each second;
+/// a round that moved a fixed 500 (as it once did) fell behind for good.
 pub async fn dispatch_queued(services: &Services) -> Result<usize> {
-    let queued = services.store.queued_notifications(500).await?;
-    if queued.is_empty() {
-        return Ok(0);
-    }
-    let endpoints = services.store.endpoints().await?;
+    let endpoints: Vec<(EndpointRow, Vec<String>)> = services
+        .store
+        .endpoints()
+        .await?
+        .into_iter()
+        .map(|e| {
+            let kinds = serde_json::from_str(&e.kinds).unwrap_or_default();
+            (e, kinds)
+        })
+        .collect();
     let (t, at) = (now().unix_timestamp(), timestamp(now()));
     // Each holder's preferences read once a round.
     let mut disabled: HashMap<String, Vec<String>> = HashMap::new();
-    let mut moves = Vec::with_capacity(queued.len());
-    for n in queued {
-        let off = if n.recipient_kind == "holder" {
-            if !disabled.contains_key(&n.recipient_id) {
-                let kinds = services.store.disabled_kinds(&n.recipient_id).await?;
-                disabled.insert(n.recipient_id.clone(), kinds);
-            }
-            disabled
-                .get(&n.recipient_id)
-                .is_some_and(|kinds| kinds.contains(&n.kind))
-        } else {
-            false
-        };
-        let deliveries = if off {
-            Vec::new()
-        } else {
-            endpoints
-                .iter()
-                .filter(|e| subscribed(e, &n))
-                .map(|e| Ok((e.id.clone(), outbox_id("dlv")?)))
-                .collect::<Result<Vec<_>>>()?
-        };
-        moves.push(Dispatch {
-            notification_id: n.id,
-            status: if off { "suppressed" } else { "dispatched" },
-            deliveries,
-        });
-    }
-    // Transactions of a hundred: the log's appends wait for none for long.
-    let mut moved = 0;
-    for chunk in moves.chunks(DISPATCH_CHUNK) {
-        moved += services.store.dispatch_all(chunk, t, &at).await?;
+    let (mut read, mut moved) = (0, 0);
+    while read < DISPATCH_ROUND {
+        let queued = services.store.queued_notifications(DISPATCH_READ).await?;
+        let last = queued.len() < DISPATCH_READ as usize;
+        read += queued.len();
+        let mut moves = Vec::with_capacity(queued.len());
+        for n in queued {
+            let off = if n.recipient_kind == "holder" {
+                if !disabled.contains_key(&n.recipient_id) {
+                    let kinds = services.store.disabled_kinds(&n.recipient_id).await?;
+                    disabled.insert(n.recipient_id.clone(), kinds);
+                }
+                disabled
+                    .get(&n.recipient_id)
+                    .is_some_and(|kinds| kinds.contains(&n.kind))
+            } else {
+                false
+            };
+            let deliveries = if off {
+                Vec::new()
+            } else {
+                endpoints
+                    .iter()
+                    .filter(|(e, kinds)| subscribed(e, kinds, &n))
+                    .map(|(e, _)| Ok((e.id.clone(), outbox_id("dlv")?)))
+                    .collect::<Result<Vec<_>>>()?
+            };
+            moves.push(Dispatch {
+                notification_id: n.id,
+                status: if off { "suppressed" } else { "dispatched" },
+                deliveries,
+            });
+        }
+        // Transactions of a hundred: the log's appends wait for none for long.
+        let mut now_moved = 0;
+        for chunk in moves.chunks(DISPATCH_CHUNK) {
+            now_moved += services.store.dispatch_all(chunk, t, &at).await?;
+        }
+        moved += now_moved;
+        // Done, or what is left is being moved by another worker.
+        if last || now_moved == 0 {
+            break;
+        }
     }
     Ok(moved)
 }
