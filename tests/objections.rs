@@ -394,6 +394,16 @@ async fn receiver(status: u16) -> (String, Arc<Mutex<Vec<(axum::http::HeaderMap,
     (format!("http://{addr}/hook"), got)
 }
 
+/// Runs a delivery round (`POST /admin/v1/jobs/deliveries`) and returns
+/// what it did.
+async fn delivery_round(w: &World) -> Value {
+    let res =
+        w.s.post_json(&w.op, "/admin/v1/jobs/deliveries", &json!({}))
+            .await;
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
 /// The Standard Webhooks signature, computed here with ring's HMAC.
 fn expected_signature(secret: &str, id: &str, ts: &str, body: &str) -> String {
     use base64::Engine;
@@ -566,12 +576,7 @@ async fn reminders_are_queued_once_and_failing_webhooks_end_dead() {
 
     // Round 1: the good endpoint gets every reminder it subscribed to
     // (signed), the failing one fails; holder 2's reminder is suppressed.
-    let round: Value =
-        w.s.post_json(&w.op, "/admin/v1/jobs/deliveries", &json!({}))
-            .await
-            .json()
-            .await
-            .unwrap();
+    let round: Value = delivery_round(&w).await;
     assert!(round["delivered"].as_i64().unwrap() >= 2, "{round}");
     assert!(round["failed"].as_i64().unwrap() >= 1, "{round}");
     {
@@ -602,10 +607,8 @@ async fn reminders_are_queued_once_and_failing_webhooks_end_dead() {
 
     // Rounds 2 and 3: the failing endpoint is retried, then its deliveries are dead.
     let failures = bad.lock().unwrap().len();
-    w.s.post_json(&w.op, "/admin/v1/jobs/deliveries", &json!({}))
-        .await;
-    w.s.post_json(&w.op, "/admin/v1/jobs/deliveries", &json!({}))
-        .await;
+    delivery_round(&w).await;
+    delivery_round(&w).await;
     assert_eq!(bad.lock().unwrap().len(), failures * 3);
     let dead: Value =
         w.s.get(&w.op, "/admin/v1/deliveries?status=dead")
@@ -618,8 +621,7 @@ async fn reminders_are_queued_once_and_failing_webhooks_end_dead() {
     assert_eq!(dead[0]["last_error"], "the endpoint answered 500");
     // A fourth round sends nothing more; good deliveries are never repeated.
     let delivered_before = good.lock().unwrap().len();
-    w.s.post_json(&w.op, "/admin/v1/jobs/deliveries", &json!({}))
-        .await;
+    delivery_round(&w).await;
     assert_eq!(bad.lock().unwrap().len(), failures * 3);
     assert_eq!(good.lock().unwrap().len(), delivered_before);
     // An operator puts one back in the queue.
@@ -640,8 +642,7 @@ async fn reminders_are_queued_once_and_failing_webhooks_end_dead() {
         )
         .await;
     assert_eq!(res.status(), 409);
-    w.s.post_json(&w.op, "/admin/v1/jobs/deliveries", &json!({}))
-        .await;
+    delivery_round(&w).await;
     assert_eq!(bad.lock().unwrap().len(), failures * 3 + 1);
     w.s.stop().await;
 }
@@ -653,8 +654,7 @@ async fn reminders_are_queued_once_and_failing_webhooks_end_dead() {
 async fn a_delivery_round_dispatches_the_whole_queue() {
     let w = world_with(|s| s.notify_interval = Some(3600)).await;
     // Clear what the demo data queued.
-    w.s.post_json(&w.op, "/admin/v1/jobs/deliveries", &json!({}))
-        .await;
+    delivery_round(&w).await;
     let (url, got) = receiver(204).await;
     let res =
         w.s.post_json(
@@ -685,29 +685,14 @@ async fn a_delivery_round_dispatches_the_whole_queue() {
         .unwrap();
     drop(conn);
 
-    let round: Value =
-        w.s.post_json(&w.op, "/admin/v1/jobs/deliveries", &json!({}))
-            .await
-            .json()
-            .await
-            .unwrap();
+    let round: Value = delivery_round(&w).await;
     assert_eq!(round["dispatched"], QUEUED, "{round}");
     assert!(store.queued_notifications(10).await.unwrap().is_empty());
-    let again: Value =
-        w.s.post_json(&w.op, "/admin/v1/jobs/deliveries", &json!({}))
-            .await
-            .json()
-            .await
-            .unwrap();
+    let again: Value = delivery_round(&w).await;
     assert_eq!(again["dispatched"], 0, "{again}");
     // Each sent once (a round sends a bounded number; send the rest).
     for _ in 0..QUEUED {
-        let r: Value =
-            w.s.post_json(&w.op, "/admin/v1/jobs/deliveries", &json!({}))
-                .await
-                .json()
-                .await
-                .unwrap();
+        let r: Value = delivery_round(&w).await;
         if r["delivered"] == 0 {
             break;
         }
