@@ -395,31 +395,7 @@ pub async fn dispatch_queued(services: &Services) -> Result<usize> {
         read += queued.len();
         let mut moves = Vec::with_capacity(queued.len());
         for n in queued {
-            let off = if n.recipient_kind == "holder" {
-                if !disabled.contains_key(&n.recipient_id) {
-                    let kinds = services.store.disabled_kinds(&n.recipient_id).await?;
-                    disabled.insert(n.recipient_id.clone(), kinds);
-                }
-                disabled
-                    .get(&n.recipient_id)
-                    .is_some_and(|kinds| kinds.contains(&n.kind))
-            } else {
-                false
-            };
-            let deliveries = if off {
-                Vec::new()
-            } else {
-                endpoints
-                    .iter()
-                    .filter(|(e, kinds)| subscribed(e, kinds, &n))
-                    .map(|(e, _)| Ok((e.id.clone(), outbox_id("dlv")?)))
-                    .collect::<Result<Vec<_>>>()?
-            };
-            moves.push(Dispatch {
-                notification_id: n.id,
-                status: if off { "suppressed" } else { "dispatched" },
-                deliveries,
-            });
+            moves.push(route(services, n, &endpoints, &mut disabled).await?);
         }
         // Transactions of a hundred: the log's appends wait for none for long.
         let mut now_moved = 0;
@@ -433,6 +409,40 @@ pub async fn dispatch_queued(services: &Services) -> Result<usize> {
         }
     }
     Ok(moved)
+}
+
+/// Where one queued notification goes: suppressed when its holder turned
+/// its kind off (`disabled`: the holders' preferences read so far this
+/// round), else one delivery per subscribed endpoint.
+async fn route(
+    services: &Services,
+    n: NotificationRow,
+    endpoints: &[(EndpointRow, Vec<String>)],
+    disabled: &mut HashMap<String, Vec<String>>,
+) -> Result<Dispatch> {
+    let off = if n.recipient_kind == "holder" {
+        if !disabled.contains_key(&n.recipient_id) {
+            let kinds = services.store.disabled_kinds(&n.recipient_id).await?;
+            disabled.insert(n.recipient_id.clone(), kinds);
+        }
+        disabled[&n.recipient_id].contains(&n.kind)
+    } else {
+        false
+    };
+    let deliveries = if off {
+        Vec::new()
+    } else {
+        endpoints
+            .iter()
+            .filter(|(e, kinds)| subscribed(e, kinds, &n))
+            .map(|(e, _)| Ok((e.id.clone(), outbox_id("dlv")?)))
+            .collect::<Result<Vec<_>>>()?
+    };
+    Ok(Dispatch {
+        notification_id: n.id,
+        status: if off { "suppressed" } else { "dispatched" },
+        deliveries,
+    })
 }
 
 /// What one delivery round did.
