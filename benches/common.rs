@@ -148,6 +148,22 @@ pub struct WrkFigures {
     pub errors: u64,
 }
 
+impl WrkFigures {
+    /// Fails the benchmark if a request was not answered 200, else prints
+    /// `head: rate, p50, p99 (requests in detail)` and the other percentiles.
+    pub fn report(&self, head: &str, detail: &str) {
+        assert_eq!(self.errors, 0, "requests that were not answered 200");
+        println!(
+            "{head}: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms ({} requests in {detail})",
+            self.rate, self.p50, self.p99, self.requests
+        );
+        println!(
+            "  latency ms: p90 {:.2}, p95 {:.2}, p99.9 {:.2}, max {:.2}",
+            self.p90, self.p95, self.p999, self.max
+        );
+    }
+}
+
 /// Runs wrk (a separate process on the same machine, one thread) with
 /// `connections` connections for `seconds` against `url`; `requests` is Lua
 /// that sets the request up (headers, or a `request` function). `None` when

@@ -286,14 +286,9 @@ end
         if wrk(&license_url, &one, 1, concurrency, dir.path()).is_some() {
             for (what, lua, tokens) in runs {
                 let f = wrk(&license_url, &lua, seconds, concurrency, dir.path()).expect("wrk");
-                assert_eq!(f.errors, 0, "retrievals that were not answered 200");
-                println!(
-                    "retrievals: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms ({} requests in {seconds} s, {concurrency} connections, wrk, {what})",
-                    f.rate, f.p50, f.p99, f.requests
-                );
-                println!(
-                    "  latency ms: p90 {:.2}, p95 {:.2}, p99.9 {:.2}, max {:.2}",
-                    f.p90, f.p95, f.p999, f.max
+                f.report(
+                    "retrievals",
+                    &format!("{seconds} s, {concurrency} connections, wrk, {what}"),
                 );
                 if let Some(n) = tokens.filter(|&n| f.requests > n as u64) {
                     println!(
@@ -348,15 +343,13 @@ end
             seconds,
             concurrency,
         );
-        let f = &p.latency;
-        assert_eq!(f.errors, 0, "retrievals that were not answered 200");
-        println!(
-            "retrievals at {offered}/s offered (open loop): {:.0}/s answered, p50 {:.2} ms, p99 {:.2} ms ({} requests in {seconds} s, {concurrency} connections, latency from when each was due)",
-            f.rate, f.p50, f.p99, f.requests
+        p.latency.report(
+            &format!("retrievals at {offered}/s offered (open loop), answered"),
+            &format!("{seconds} s, {concurrency} connections, latency from when each was due"),
         );
         println!(
-            "  latency ms: p90 {:.2}, p95 {:.2}, p99.9 {:.2}, max {:.2}; p99 of the wait for a free connection {:.2}, of the generator's own delay {:.2}",
-            f.p90, f.p95, f.p999, f.max, p.no_connection_p99, p.generator_p99
+            "  p99 of the wait for a free connection {:.2} ms, of the generator's own delay {:.2} ms",
+            p.no_connection_p99, p.generator_p99
         );
         let worst: Vec<String> = p
             .worst_windows
