@@ -13,6 +13,7 @@
 //! receipt naming the audit sequence number (the annotated copy, 加注件).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -37,10 +38,11 @@ use crate::store::{now, timestamp};
 pub struct ConsentAccess {
     /// The token's claims.
     pub claims: AccessClaims,
-    /// The consent.
-    pub consent: ConsentRow,
+    /// The consent (shared with the token's kept state, see
+    /// [`crate::store::cache::KeptCall`]: a call on it copies no row).
+    pub consent: Arc<ConsentRow>,
     /// What it covers.
-    pub granted: Vec<GrantedAccess>,
+    pub granted: Arc<Vec<GrantedAccess>>,
     /// The change generations the call's other reads go by.
     pub generations: Generations,
     /// Taken from what an earlier call with the token read
@@ -84,8 +86,9 @@ pub async fn check_token(services: &Services, claims: AccessClaims) -> Result<Co
         "expired" => return Err(refused("the holder's consent has expired", dpop)),
         _ => {}
     }
-    let granted: Vec<GrantedAccess> =
-        serde_json::from_str(&consent.details).map_err(Error::internal)?;
+    let consent = Arc::new(consent);
+    let granted: Arc<Vec<GrantedAccess>> =
+        Arc::new(serde_json::from_str(&consent.details).map_err(Error::internal)?);
     services.store.keep_call(
         &claims.jti,
         KeptCall {
@@ -159,7 +162,7 @@ pub struct Coverage {
 pub async fn list(services: &Services, a: &ConsentAccess) -> Result<Coverage> {
     let today = today();
     let mut licenses = Vec::new();
-    for g in &a.granted {
+    for g in a.granted.iter() {
         for identifier in &g.licenses {
             let Some(current) = services
                 .store

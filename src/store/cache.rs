@@ -175,9 +175,9 @@ impl ReadCache {
 #[derive(Debug)]
 pub struct KeptCall {
     /// Its consent.
-    pub consent: ConsentRow,
+    pub consent: std::sync::Arc<ConsentRow>,
     /// What the consent grants, parsed from its details.
-    pub granted: Vec<GrantedAccess>,
+    pub granted: std::sync::Arc<Vec<GrantedAccess>>,
     /// The change generations the check saw.
     pub generations: Generations,
 }
