@@ -706,3 +706,113 @@ async fn a_delivery_round_dispatches_the_whole_queue() {
     ids.dedup();
     assert_eq!((got.len(), ids.len()), (QUEUED, QUEUED));
 }
+
+/// A notification is routed in the statement that queues it: suppressed when
+/// its holder turned its kind off, left queued (for the worker to make its
+/// deliveries) only when an active endpoint subscribes to it, else done.
+#[tokio::test]
+async fn notifications_are_routed_as_they_are_queued() {
+    let w = world_with(|s| s.notify_interval = Some(3600)).await;
+    delivery_round(&w).await;
+    let store = &w.s.services.store;
+    let holder: String = sqlx::query_scalar("SELECT id FROM holders ORDER BY id LIMIT 1")
+        .fetch_one(store.reader())
+        .await
+        .unwrap();
+    store
+        .set_preference(&holder, "license.verified", false)
+        .await
+        .unwrap();
+    let (url, got) = receiver(204).await;
+    let webhook = |recipients: &'static str, kinds: Value| {
+        let (w, url) = (&w, url.clone());
+        async move {
+            let res =
+                w.s.post_json(
+                    &w.op,
+                    "/admin/v1/webhooks",
+                    &json!({"url": url, "kinds": kinds, "recipients": recipients}),
+                )
+                .await;
+            assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+        }
+    };
+    let row = |n: usize, kind: &str, recipient: (&str, &str)| {
+        licensegate::store::notify::NotificationRow {
+            id: format!("ntf_000000000002{n:024x}"),
+            recipient_kind: recipient.0.into(),
+            recipient_id: recipient.1.into(),
+            kind: kind.into(),
+            payload: "{}".into(),
+            status: "queued".into(),
+            created_at: "2026-01-01T00:00:00.000000Z".into(),
+        }
+    };
+    let queue = |rows: Vec<licensegate::store::notify::NotificationRow>| async move {
+        let refs: Vec<&_> = rows.iter().collect();
+        let mut conn = store.writer().acquire().await.unwrap();
+        licensegate::store::Store::insert_notifications_in(&mut conn, &refs)
+            .await
+            .unwrap();
+    };
+    let status = |n: usize| {
+        let id = format!("ntf_000000000002{n:024x}");
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT status FROM notifications WHERE id = $1")
+                .bind(id)
+                .fetch_one(store.reader())
+                .await
+                .unwrap()
+        }
+    };
+    let (h, e) = (("holder", holder.as_str()), ("entity", "some-entity"));
+
+    // No endpoint for holders, one for an entity kind.
+    webhook("entity", json!(["license.retrieved"])).await;
+    queue(vec![
+        row(1, "license.verified", h),
+        row(2, "license.retrieved", h),
+        row(3, "license.retrieved", e),
+        row(4, "consent.granted", e),
+    ])
+    .await;
+    assert_eq!(status(1).await, "suppressed");
+    assert_eq!(status(2).await, "dispatched");
+    assert_eq!(status(3).await, "queued");
+    assert_eq!(status(4).await, "dispatched");
+
+    // An endpoint for every kind to holders: the holder's are queued now,
+    // except the kind the holder turned off.
+    webhook("holder", json!([])).await;
+    queue(vec![
+        row(5, "license.verified", h),
+        row(6, "license.retrieved", h),
+        row(7, "consent.granted", e),
+    ])
+    .await;
+    assert_eq!(status(5).await, "suppressed");
+    assert_eq!(status(6).await, "queued");
+    assert_eq!(status(7).await, "dispatched");
+
+    // The worker makes the deliveries of the two queued ones, and only those.
+    let round: Value = delivery_round(&w).await;
+    assert_eq!(round["dispatched"], 2, "{round}");
+    assert_eq!(round["delivered"], 2, "{round}");
+    assert_eq!(
+        (status(3).await, status(6).await),
+        ("dispatched".into(), "dispatched".into())
+    );
+    let got = got.lock().unwrap();
+    let mut ids: Vec<&str> = got
+        .iter()
+        .map(|(h, _)| h["webhook-id"].to_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        [
+            format!("ntf_000000000002{:024x}", 3),
+            format!("ntf_000000000002{:024x}", 6)
+        ]
+    );
+}

@@ -23,15 +23,23 @@ fn at(t: &Value) -> String {
 }
 
 /// How many notifications of `kinds` the holder has.
+/// How many of `kinds` the holder was notified of. Each is done as it is
+/// queued (no webhook is registered: nothing is left for the worker).
 async fn notices(w: &World, holder_id: &str, kinds: &[&str]) -> usize {
-    w.s.services
-        .store
-        .notifications_of("holder", holder_id)
-        .await
-        .unwrap()
-        .iter()
-        .filter(|n| kinds.contains(&n.kind.as_str()))
-        .count()
+    let of_kinds: Vec<_> =
+        w.s.services
+            .store
+            .notifications_of("holder", holder_id)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|n| kinds.contains(&n.kind.as_str()))
+            .collect();
+    assert!(
+        of_kinds.iter().all(|n| n.status == "dispatched"),
+        "{of_kinds:?}"
+    );
+    of_kinds.len()
 }
 
 /// The holder's access history, as the holder's pages fetch it.

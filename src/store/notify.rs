@@ -9,6 +9,51 @@ use super::licenses::{license_from_row, LicenseRow};
 use super::{col, Store};
 use crate::error::{Error, Result};
 
+/// The status a notification `n` is queued with, decided in the statement
+/// that queues it (the group commit of the record it tells about):
+/// `suppressed` when its holder turned its kind off, `queued` when an active
+/// endpoint subscribes to it (the delivery worker makes the deliveries, see
+/// `crate::notify::dispatch_queued`, which decides the same two things
+/// again when it gets to it), else `dispatched`: nothing is left to do.
+///
+/// Every retrieval queues one. Queued, each was written twice more (moved
+/// on, out of the queue's index) by the worker's rounds beside the log's
+/// appends; routed here, those with nowhere to go are written once.
+/// A row given a status other than `queued` keeps it.
+macro_rules! route_sqlite {
+    () => {
+        "CASE WHEN n.status <> 'queued' THEN n.status
+              WHEN n.recipient_kind = 'holder' AND EXISTS (
+                   SELECT 1 FROM notification_preferences p
+                    WHERE p.holder_id = n.recipient_id AND p.kind = n.kind AND p.enabled = 0)
+                   THEN 'suppressed'
+              WHEN EXISTS (
+                   SELECT 1 FROM webhook_endpoints e
+                    WHERE e.active <> 0 AND e.recipients IN ('all', n.recipient_kind)
+                      AND CASE WHEN NOT json_valid(e.kinds) OR json_array_length(e.kinds) = 0 THEN 1
+                               ELSE EXISTS (SELECT 1 FROM json_each(e.kinds) k WHERE k.value = n.kind) END)
+                   THEN 'queued'
+              ELSE 'dispatched' END"
+    };
+}
+
+/// [`route_sqlite!`] in PostgreSQL's dialect.
+macro_rules! route_postgres {
+    () => {
+        "CASE WHEN n.status <> 'queued' THEN n.status
+              WHEN n.recipient_kind = 'holder' AND EXISTS (
+                   SELECT 1 FROM notification_preferences p
+                    WHERE p.holder_id = n.recipient_id AND p.kind = n.kind AND p.enabled = 0)
+                   THEN 'suppressed'
+              WHEN EXISTS (
+                   SELECT 1 FROM webhook_endpoints e
+                    WHERE e.active <> 0 AND e.recipients IN ('all', n.recipient_kind)
+                      AND (jsonb_array_length(e.kinds::jsonb) = 0 OR e.kinds::jsonb ? n.kind))
+                   THEN 'queued'
+              ELSE 'dispatched' END"
+    };
+}
+
 /// What [`Store::dispatch_all`] does with one queued notification.
 #[derive(Debug, Clone)]
 pub struct Dispatch {
@@ -129,7 +174,8 @@ fn delivery(r: &AnyRow) -> Result<DeliveryRow> {
 
 impl Store {
     /// Queues notifications in the caller's transaction (the group commit of
-    /// the records they tell about), all in one statement.
+    /// the records they tell about), all in one statement, routed as far as
+    /// that can be done there (see `route_sqlite!`).
     pub async fn insert_notifications_in(
         conn: &mut AnyConnection,
         rows: &[&NotificationRow],
@@ -138,13 +184,25 @@ impl Store {
             return Ok(());
         }
         let sql = if conn.backend_name().eq_ignore_ascii_case("sqlite") {
-            "INSERT INTO notifications (id, recipient_kind, recipient_id, kind, payload, status, dedupe_key, created_at)
-             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, NULL, value ->> 6
-               FROM json_each($1) ORDER BY key"
+            concat!(
+                "WITH n AS (SELECT key, value ->> 0 AS id, value ->> 1 AS recipient_kind, value ->> 2 AS recipient_id,
+                                   value ->> 3 AS kind, value ->> 4 AS payload, value ->> 5 AS status, value ->> 6 AS created_at
+                              FROM json_each($1))
+                 INSERT INTO notifications (id, recipient_kind, recipient_id, kind, payload, status, dedupe_key, created_at)
+                 SELECT id, recipient_kind, recipient_id, kind, payload, ",
+                route_sqlite!(),
+                ", NULL, created_at FROM n ORDER BY key",
+            )
         } else {
-            "INSERT INTO notifications (id, recipient_kind, recipient_id, kind, payload, status, dedupe_key, created_at)
-             SELECT r ->> 0, r ->> 1, r ->> 2, r ->> 3, r ->> 4, r ->> 5, NULL, r ->> 6
-               FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS t(r, n) ORDER BY n"
+            concat!(
+                "WITH n AS (SELECT t.ord AS key, r ->> 0 AS id, r ->> 1 AS recipient_kind, r ->> 2 AS recipient_id,
+                                   r ->> 3 AS kind, r ->> 4 AS payload, r ->> 5 AS status, r ->> 6 AS created_at
+                              FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS t(r, ord))
+                 INSERT INTO notifications (id, recipient_kind, recipient_id, kind, payload, status, dedupe_key, created_at)
+                 SELECT id, recipient_kind, recipient_id, kind, payload, ",
+                route_postgres!(),
+                ", NULL, created_at FROM n ORDER BY key",
+            )
         };
         let values: Vec<[&str; 7]> = rows
             .iter()
