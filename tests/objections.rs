@@ -647,6 +647,25 @@ async fn reminders_are_queued_once_and_failing_webhooks_end_dead() {
     w.s.stop().await;
 }
 
+/// The `webhook-id`s of the deliveries received, sorted.
+fn webhook_ids(got: &[(axum::http::HeaderMap, String)]) -> Vec<String> {
+    let mut ids: Vec<String> = got
+        .iter()
+        .map(|(h, _)| h["webhook-id"].to_str().unwrap().to_owned())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Queues `rows` as a group commit does (one statement).
+async fn queue_in_a_commit(w: &World, rows: &[licensegate::store::notify::NotificationRow]) {
+    let refs: Vec<&_> = rows.iter().collect();
+    let mut conn = w.s.services.store.writer().acquire().await.unwrap();
+    licensegate::store::Store::insert_notifications_in(&mut conn, &refs)
+        .await
+        .unwrap();
+}
+
 /// A round moves everything queued, however much arrived since the last
 /// (every retrieval queues a notification: thousands a second under load),
 /// and each notification gets its delivery once.
@@ -678,12 +697,7 @@ async fn a_delivery_round_dispatches_the_whole_queue() {
             created_at: at.into(),
         })
         .collect();
-    let refs: Vec<&_> = rows.iter().collect();
-    let mut conn = store.writer().acquire().await.unwrap();
-    licensegate::store::Store::insert_notifications_in(&mut conn, &refs)
-        .await
-        .unwrap();
-    drop(conn);
+    queue_in_a_commit(&w, &rows).await;
 
     let round: Value = delivery_round(&w).await;
     assert_eq!(round["dispatched"], QUEUED, "{round}");
@@ -698,11 +712,7 @@ async fn a_delivery_round_dispatches_the_whole_queue() {
         }
     }
     let got = got.lock().unwrap();
-    let mut ids: Vec<&str> = got
-        .iter()
-        .map(|(h, _)| h["webhook-id"].to_str().unwrap())
-        .collect();
-    ids.sort_unstable();
+    let mut ids = webhook_ids(&got);
     ids.dedup();
     assert_eq!((got.len(), ids.len()), (QUEUED, QUEUED));
 }
@@ -748,13 +758,6 @@ async fn notifications_are_routed_as_they_are_queued() {
             created_at: "2026-01-01T00:00:00.000000Z".into(),
         }
     };
-    let queue = |rows: Vec<licensegate::store::notify::NotificationRow>| async move {
-        let refs: Vec<&_> = rows.iter().collect();
-        let mut conn = store.writer().acquire().await.unwrap();
-        licensegate::store::Store::insert_notifications_in(&mut conn, &refs)
-            .await
-            .unwrap();
-    };
     let status = |n: usize| {
         let id = format!("ntf_000000000002{n:024x}");
         async move {
@@ -765,34 +768,43 @@ async fn notifications_are_routed_as_they_are_queued() {
                 .unwrap()
         }
     };
-    let (h, e) = (("holder", holder.as_str()), ("entity", "some-entity"));
+    // Queues (n, kind, recipient) and checks each one's status, as expected.
+    type Routed = (
+        usize,
+        &'static str,
+        (&'static str, &'static str),
+        &'static str,
+    );
+    let world = &w;
+    let queue = |rows: Vec<Routed>| async move {
+        let queued: Vec<_> = rows.iter().map(|&(n, k, r, _)| row(n, k, r)).collect();
+        queue_in_a_commit(world, &queued).await;
+        for (n, kind, _, expected) in rows {
+            assert_eq!(status(n).await, expected, "{kind}");
+        }
+    };
+    let holder: &'static str = Box::leak(holder.into_boxed_str());
+    let (h, e) = (("holder", holder), ("entity", "some-entity"));
 
     // No endpoint for holders, one for an entity kind.
     webhook("entity", json!(["license.retrieved"])).await;
     queue(vec![
-        row(1, "license.verified", h),
-        row(2, "license.retrieved", h),
-        row(3, "license.retrieved", e),
-        row(4, "consent.granted", e),
+        (1, "license.verified", h, "suppressed"),
+        (2, "license.retrieved", h, "dispatched"),
+        (3, "license.retrieved", e, "queued"),
+        (4, "consent.granted", e, "dispatched"),
     ])
     .await;
-    assert_eq!(status(1).await, "suppressed");
-    assert_eq!(status(2).await, "dispatched");
-    assert_eq!(status(3).await, "queued");
-    assert_eq!(status(4).await, "dispatched");
 
     // An endpoint for every kind to holders: the holder's are queued now,
     // except the kind the holder turned off.
     webhook("holder", json!([])).await;
     queue(vec![
-        row(5, "license.verified", h),
-        row(6, "license.retrieved", h),
-        row(7, "consent.granted", e),
+        (5, "license.verified", h, "suppressed"),
+        (6, "license.retrieved", h, "queued"),
+        (7, "consent.granted", e, "dispatched"),
     ])
     .await;
-    assert_eq!(status(5).await, "suppressed");
-    assert_eq!(status(6).await, "queued");
-    assert_eq!(status(7).await, "dispatched");
 
     // The worker makes the deliveries of the two queued ones, and only those.
     let round: Value = delivery_round(&w).await;
@@ -802,12 +814,7 @@ async fn notifications_are_routed_as_they_are_queued() {
         (status(3).await, status(6).await),
         ("dispatched".into(), "dispatched".into())
     );
-    let got = got.lock().unwrap();
-    let mut ids: Vec<&str> = got
-        .iter()
-        .map(|(h, _)| h["webhook-id"].to_str().unwrap())
-        .collect();
-    ids.sort_unstable();
+    let ids = webhook_ids(&got.lock().unwrap());
     assert_eq!(
         ids,
         [

@@ -19,38 +19,44 @@ use crate::error::{Error, Result};
 /// Every retrieval queues one. Queued, each was written twice more (moved
 /// on, out of the queue's index) by the worker's rounds beside the log's
 /// appends; routed here, those with nowhere to go are written once.
-/// A row given a status other than `queued` keeps it.
-macro_rules! route_sqlite {
-    () => {
-        "CASE WHEN n.status <> 'queued' THEN n.status
-              WHEN n.recipient_kind = 'holder' AND EXISTS (
-                   SELECT 1 FROM notification_preferences p
-                    WHERE p.holder_id = n.recipient_id AND p.kind = n.kind AND p.enabled = 0)
-                   THEN 'suppressed'
-              WHEN EXISTS (
-                   SELECT 1 FROM webhook_endpoints e
-                    WHERE e.active <> 0 AND e.recipients IN ('all', n.recipient_kind)
-                      AND CASE WHEN NOT json_valid(e.kinds) OR json_array_length(e.kinds) = 0 THEN 1
-                               ELSE EXISTS (SELECT 1 FROM json_each(e.kinds) k WHERE k.value = n.kind) END)
-                   THEN 'queued'
-              ELSE 'dispatched' END"
+/// A row given a status other than `queued` keeps it. `$subscribed_kind`:
+/// the condition, in the dialect at hand, that endpoint `e` subscribes to
+/// the kind of notification `n`.
+macro_rules! route {
+    ($subscribed_kind:literal) => {
+        concat!(
+            "CASE WHEN n.status <> 'queued' THEN n.status
+                  WHEN n.recipient_kind = 'holder' AND EXISTS (
+                       SELECT 1 FROM notification_preferences p
+                        WHERE p.holder_id = n.recipient_id AND p.kind = n.kind AND p.enabled = 0)
+                       THEN 'suppressed'
+                  WHEN EXISTS (
+                       SELECT 1 FROM webhook_endpoints e
+                        WHERE e.active <> 0 AND e.recipients IN ('all', n.recipient_kind)
+                          AND ",
+            $subscribed_kind,
+            ") THEN 'queued'
+                  ELSE 'dispatched' END"
+        )
     };
 }
 
-/// [`route_sqlite!`] in PostgreSQL's dialect.
+/// [`route!`] in SQLite's dialect: an endpoint's `kinds` (a JSON array,
+/// empty for all) has the notification's (one not an array of kinds, as the
+/// worker reads it, subscribes to all).
+macro_rules! route_sqlite {
+    () => {
+        route!(
+            "CASE WHEN NOT json_valid(e.kinds) OR json_array_length(e.kinds) = 0 THEN 1
+                  ELSE EXISTS (SELECT 1 FROM json_each(e.kinds) k WHERE k.value = n.kind) END"
+        )
+    };
+}
+
+/// [`route!`] in PostgreSQL's dialect.
 macro_rules! route_postgres {
     () => {
-        "CASE WHEN n.status <> 'queued' THEN n.status
-              WHEN n.recipient_kind = 'holder' AND EXISTS (
-                   SELECT 1 FROM notification_preferences p
-                    WHERE p.holder_id = n.recipient_id AND p.kind = n.kind AND p.enabled = 0)
-                   THEN 'suppressed'
-              WHEN EXISTS (
-                   SELECT 1 FROM webhook_endpoints e
-                    WHERE e.active <> 0 AND e.recipients IN ('all', n.recipient_kind)
-                      AND (jsonb_array_length(e.kinds::jsonb) = 0 OR e.kinds::jsonb ? n.kind))
-                   THEN 'queued'
-              ELSE 'dispatched' END"
+        route!("(jsonb_array_length(e.kinds::jsonb) = 0 OR e.kinds::jsonb ? n.kind)")
     };
 }
 
