@@ -22,7 +22,6 @@ fn at(t: &Value) -> String {
     t["access_token"].as_str().unwrap().to_owned()
 }
 
-/// How many notifications of `kinds` the holder has.
 /// How many of `kinds` the holder was notified of. Each is done as it is
 /// queued (no webhook is registered: nothing is left for the worker).
 async fn notices(w: &World, holder_id: &str, kinds: &[&str]) -> usize {

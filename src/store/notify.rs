@@ -41,25 +41,6 @@ macro_rules! route {
     };
 }
 
-/// [`route!`] in SQLite's dialect: an endpoint's `kinds` (a JSON array,
-/// empty for all) has the notification's (one not an array of kinds, as the
-/// worker reads it, subscribes to all).
-macro_rules! route_sqlite {
-    () => {
-        route!(
-            "CASE WHEN NOT json_valid(e.kinds) OR json_array_length(e.kinds) = 0 THEN 1
-                  ELSE EXISTS (SELECT 1 FROM json_each(e.kinds) k WHERE k.value = n.kind) END"
-        )
-    };
-}
-
-/// [`route!`] in PostgreSQL's dialect.
-macro_rules! route_postgres {
-    () => {
-        route!("(jsonb_array_length(e.kinds::jsonb) = 0 OR e.kinds::jsonb ? n.kind)")
-    };
-}
-
 /// What [`Store::dispatch_all`] does with one queued notification.
 #[derive(Debug, Clone)]
 pub struct Dispatch {
@@ -181,7 +162,7 @@ fn delivery(r: &AnyRow) -> Result<DeliveryRow> {
 impl Store {
     /// Queues notifications in the caller's transaction (the group commit of
     /// the records they tell about), all in one statement, routed as far as
-    /// that can be done there (see `route_sqlite!`).
+    /// that can be done there (see `route!`).
     pub async fn insert_notifications_in(
         conn: &mut AnyConnection,
         rows: &[&NotificationRow],
@@ -196,7 +177,13 @@ impl Store {
                               FROM json_each($1))
                  INSERT INTO notifications (id, recipient_kind, recipient_id, kind, payload, status, dedupe_key, created_at)
                  SELECT id, recipient_kind, recipient_id, kind, payload, ",
-                route_sqlite!(),
+                // An endpoint's `kinds` (a JSON array, empty for all) has the
+                // notification's; one not an array of kinds subscribes to all,
+                // as the worker reads it.
+                route!(
+                    "CASE WHEN NOT json_valid(e.kinds) OR json_array_length(e.kinds) = 0 THEN 1
+                          ELSE EXISTS (SELECT 1 FROM json_each(e.kinds) k WHERE k.value = n.kind) END"
+                ),
                 ", NULL, created_at FROM n ORDER BY key",
             )
         } else {
@@ -206,7 +193,7 @@ impl Store {
                               FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS t(r, ord))
                  INSERT INTO notifications (id, recipient_kind, recipient_id, kind, payload, status, dedupe_key, created_at)
                  SELECT id, recipient_kind, recipient_id, kind, payload, ",
-                route_postgres!(),
+                route!("(jsonb_array_length(e.kinds::jsonb) = 0 OR e.kinds::jsonb ? n.kind)"),
                 ", NULL, created_at FROM n ORDER BY key",
             )
         };
