@@ -323,15 +323,6 @@ end
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
     if offered > 0 {
-        // The closed loop left a notification per retrieval queued: move them
-        // on first, so that the open loop measures its own steady state (the
-        // delivery worker moving the run's own notifications as they come),
-        // not the previous phase's backlog.
-        while licensegate::notify::dispatch_queued(&services)
-            .await
-            .expect("dispatch")
-            > 0
-        {}
         let path = license_url
             .strip_prefix(&format!("http://{addr}"))
             .expect("path");
