@@ -1039,62 +1039,6 @@ async fn monthly_archive_segments_verify_as_one_chain() {
     s.stop().await;
 }
 
-/// The SQLite group commits commit with `synchronous = NORMAL` and flush the
-/// WAL themselves before answering; every other write on the same connection
-/// must still commit with FULL (2), however it interleaves with them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn group_commits_leave_the_sqlite_writer_synchronous_full() {
-    if backend() != "sqlite" {
-        return;
-    }
-    let s = TestServer::start().await;
-    let before = s.services.store.audit_head().await.unwrap().seq;
-    let appenders: Vec<_> = (0..16)
-        .map(|_| {
-            let audit = s.services.audit.clone();
-            tokio::spawn(async move {
-                for i in 0..50 {
-                    audit
-                        .record(
-                            AuditEvent::new(
-                                ActorKind::System,
-                                "test",
-                                "test.event",
-                                Outcome::Success,
-                            )
-                            .reason(format!("event {i}")),
-                        )
-                        .await
-                        .unwrap();
-                }
-            })
-        })
-        .collect();
-    let mut settings = Vec::new();
-    while !appenders.iter().all(|a| a.is_finished()) {
-        let row = sqlx::query("PRAGMA synchronous")
-            .fetch_one(s.services.store.writer())
-            .await
-            .unwrap();
-        settings.push(sqlx::Row::get::<i64, _>(&row, 0));
-    }
-    for a in appenders {
-        a.await.unwrap();
-    }
-    assert!(!settings.is_empty());
-    assert!(
-        settings.iter().all(|&v| v == 2),
-        "the writer connection was lent with synchronous = {settings:?}"
-    );
-    assert_eq!(
-        s.services.store.audit_head().await.unwrap().seq,
-        before + 800
-    );
-    let (ok, report) = cli_verify(&s);
-    assert!(ok, "{report}");
-    s.stop().await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sqlite_wal_stays_bounded_under_steady_appends() {
     if backend() != "sqlite" {

@@ -23,23 +23,6 @@
 //! append to one chain, serialised on that row. Library changes append their
 //! records inside their own transaction ([`append_in`]) so the change and its
 //! record commit together.
-//!
-//! On SQLite the fsync of a group commit is taken off the writer's path: the
-//! writer commits with `synchronous = NORMAL` (the pages are written to the
-//! WAL file, not flushed), hands the batch to a thread that fsyncs the WAL
-//! file, and goes on to the next batch while it does. That thread answers
-//! each caller only once a flush that began after its commit has returned, so
-//! an append is durable before it is acknowledged, as with `synchronous =
-//! FULL`; every other write on the connection still commits with `FULL`. One
-//! flush covers every commit before it, and a slow flush no longer holds the
-//! commits queued behind it. Such a commit is visible to other connections
-//! for the length of one flush before it is durable: a request that appended
-//! nothing is answered only once what it could have read is durable (the
-//! HTTP layer waits for [`AuditLog::durable`]); one that appended is answered
-//! after its own commit, which covers what it read before it. A flush that
-//! fails stops the process: the kernel may have dropped the pages it could
-//! not write, so no later flush could vouch for them (PostgreSQL does the
-//! same).
 
 pub mod archive;
 pub mod checkpoint;
@@ -723,74 +706,6 @@ const LINGER_YIELDS: usize = 16;
 pub struct AuditLog {
     queue: mpsc::Sender<Pending>,
     store: Store,
-    durability: Arc<Durability>,
-}
-
-/// How far the SQLite group commits are durable (see "Durability" above).
-/// Each batch takes the next generation before it begins; a generation is
-/// durable once a flush of the WAL after its commit has returned (or it
-/// committed nothing). Both stay 0 where commits are durable when they
-/// return (PostgreSQL; SQLite without a WAL file).
-#[derive(Default)]
-struct Durability {
-    committing: std::sync::atomic::AtomicU64,
-    durable: tokio::sync::watch::Sender<u64>,
-}
-
-impl Durability {
-    /// Waits until every commit that began before now is durable.
-    async fn wait(&self) {
-        let target = self.committing.load(std::sync::atomic::Ordering::SeqCst);
-        let mut durable = self.durable.subscribe();
-        // Only fails if the flushing thread is gone, and the process with it.
-        let _ = durable.wait_for(|d| *d >= target).await;
-    }
-}
-
-/// A group commit's answers, for the flushing thread.
-struct Committed {
-    generation: u64,
-    /// Whether anything was committed (else there is nothing to flush).
-    wrote: bool,
-    answers: Vec<(oneshot::Sender<Result<Appended>>, Result<Appended>)>,
-}
-
-/// The flushing thread: makes each round of commits durable with one call
-/// of `flush`, then marks them durable and answers their callers.
-fn flush_commits(
-    queue: std::sync::mpsc::Receiver<Committed>,
-    durability: Arc<Durability>,
-    mut flush: impl FnMut() -> std::io::Result<()>,
-) {
-    while let Ok(first) = queue.recv() {
-        let mut round = vec![first];
-        round.extend(queue.try_iter());
-        if round.iter().any(|c| c.wrote) {
-            if let Err(e) = flush() {
-                tracing::error!(
-                    error = %e,
-                    "cannot flush the audit log's write-ahead log to disk; stopping, so that nothing not durable is acknowledged"
-                );
-                std::process::abort();
-            }
-        }
-        let generation = round.iter().map(|c| c.generation).max().unwrap_or(0);
-        durability
-            .durable
-            .send_modify(|d| *d = (*d).max(generation));
-        for c in round {
-            for (done, result) in c.answers {
-                let _ = done.send(result);
-            }
-        }
-    }
-}
-
-/// Flushes the SQLite WAL file's data to disk. The file is opened each time,
-/// so that the flush is of the file SQLite writes now, whatever happened to
-/// an earlier one; it exists while the server has the database open.
-fn flush_wal(path: &std::path::Path) -> std::io::Result<()> {
-    std::fs::File::open(path)?.sync_data()
 }
 
 impl AuditLog {
@@ -802,41 +717,8 @@ impl AuditLog {
             batch: metrics.audit_batch.clone(),
             failures: metrics.audit_failures.clone(),
         };
-        let durability = Arc::new(Durability::default());
-        let flusher = store.wal_file().map(|wal| {
-            let (queue, commits) = std::sync::mpsc::channel();
-            let (wal, durability) = (wal.to_owned(), durability.clone());
-            std::thread::Builder::new()
-                .name("audit-flush".into())
-                .spawn(move || flush_commits(commits, durability, || flush_wal(&wal)))
-                .map(|_| queue)
-        });
-        let flusher = match flusher.transpose() {
-            Ok(f) => f.map(|queue| Flusher {
-                queue,
-                durability: durability.clone(),
-            }),
-            Err(e) => {
-                // Commits then flush themselves, as `synchronous = FULL` does.
-                tracing::error!(error = %e, "cannot start the audit flushing thread");
-                None
-            }
-        };
-        tokio::spawn(writer(store.clone(), rx, counters, flusher));
-        Arc::new(AuditLog {
-            queue: tx,
-            store,
-            durability,
-        })
-    }
-
-    /// Waits until every audit log commit that began before the call is
-    /// durable (at once where commits are durable when they return). A
-    /// request that read the database and appended nothing waits for it
-    /// before it is answered, so that it never shows what a power cut could
-    /// still take back.
-    pub async fn durable(&self) {
-        self.durability.wait().await;
+        tokio::spawn(writer(store.clone(), rx, counters));
+        Arc::new(AuditLog { queue: tx, store })
     }
 
     async fn submit(&self, events: Vec<AuditEvent>, guard: Option<Guarded>) -> Result<Appended> {
@@ -863,9 +745,6 @@ impl AuditLog {
         if refusal_recorded {
             note_refusal_recorded();
         }
-        let _ = REQUEST.try_with(|m| {
-            m.appended.store(true, std::sync::atomic::Ordering::Relaxed);
-        });
         Ok(appended)
     }
 
@@ -905,18 +784,7 @@ struct WriterMetrics {
     failures: prometheus_client::metrics::counter::Counter,
 }
 
-/// Where the writer hands its SQLite commits to be flushed.
-struct Flusher {
-    queue: std::sync::mpsc::Sender<Committed>,
-    durability: Arc<Durability>,
-}
-
-async fn writer(
-    store: Store,
-    mut rx: mpsc::Receiver<Pending>,
-    metrics: WriterMetrics,
-    flusher: Option<Flusher>,
-) {
+async fn writer(store: Store, mut rx: mpsc::Receiver<Pending>, metrics: WriterMetrics) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     // How many callers the last commit answered: under steady load about as
     // many come back with their next record.
@@ -940,167 +808,47 @@ async fn writer(
             }
         }
         last_batch = batch.len();
-        let generation = flusher.as_ref().map(|f| {
-            f.durability
-                .committing
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-                + 1
-        });
-        let mut result = commit_batch(&store, &batch, generation.is_some()).await;
+        let mut result = commit_batch(&store, &batch).await;
         // A transaction PostgreSQL chose as a deadlock victim (or could not
         // serialize) was rolled back whole: the same batch can run again.
         for _ in 0..3 {
             match &result {
                 Err(e) if e.is_retryable_conflict() => {
                     tracing::warn!(error = %e, records = batch.len(), "audit batch retried");
-                    result = commit_batch(&store, &batch, generation.is_some()).await;
+                    result = commit_batch(&store, &batch).await;
                 }
                 _ => break,
             }
         }
         metrics.batch.observe(batch.len() as f64);
-        let wrote = result.is_ok();
-        let answers: Vec<_> = match result {
+        match result {
             Ok(appended) => {
                 metrics
                     .records
                     .inc_by(appended.iter().map(|a| a.seqs.len() as u64).sum());
-                batch
-                    .drain(..)
-                    .zip(appended)
-                    .map(|(p, a)| (p.done, Ok(a)))
-                    .collect()
+                for (p, a) in batch.drain(..).zip(appended) {
+                    let _ = p.done.send(Ok(a));
+                }
             }
             Err(e) => {
                 metrics.failures.inc_by(batch.len() as u64);
                 tracing::error!(error = %e, records = batch.len(), "audit append failed");
-                batch
-                    .drain(..)
-                    .map(|p| (p.done, Err(Error::Unavailable(
+                for p in batch.drain(..) {
+                    let _ = p.done.send(Err(Error::Unavailable(
                         "the audit log is unavailable: it could not record this request, and nothing was done".into(),
-                    ))))
-                    .collect()
-            }
-        };
-        match (&flusher, generation) {
-            (Some(f), Some(generation)) => {
-                let committed = Committed {
-                    generation,
-                    wrote,
-                    answers,
-                };
-                if let Err(std::sync::mpsc::SendError(c)) = f.queue.send(committed) {
-                    // The flushing thread is gone (it stops the process
-                    // when a flush fails, so this is not expected).
-                    for (done, _) in c.answers {
-                        let _ = done.send(Err(Error::Unavailable(
-                            "the audit log writer stopped".into(),
-                        )));
-                    }
-                }
-            }
-            _ => {
-                for (done, result) in answers {
-                    let _ = done.send(result);
+                    )));
                 }
             }
         }
     }
 }
 
-/// Commits a batch. With `unsynced` (SQLite with a WAL file, whose commits
-/// are flushed by the caller) the transaction commits with `synchronous =
-/// NORMAL`, set in the same call as `BEGIN` and back to `FULL` in the same
-/// call as `COMMIT`, so that no round trip is added.
-async fn commit_batch(store: &Store, batch: &[Pending], unsynced: bool) -> Result<Vec<Appended>> {
-    if !unsynced {
-        let mut tx = store.writer().begin().await?;
-        let appended = apply_batch(&mut tx, batch).await?;
-        tx.commit().await?;
-        return Ok(appended);
-    }
-    use futures_util::StreamExt;
-    use sqlx::Executor;
-    let mut conn = UnsyncedConnection {
-        conn: store.writer().acquire().await?,
-        released: false,
-    };
-    let c: &mut AnyConnection = &mut conn.conn;
-    let applied = async {
-        c.execute("PRAGMA synchronous = NORMAL; BEGIN").await?;
-        apply_batch(c, batch).await
-    }
-    .await;
-    // After a failure: no transaction left open, and the connection back to
-    // FULL before it is lent again; else it is closed.
-    async fn abandon(c: &mut AnyConnection) -> bool {
-        let _ = c.execute("ROLLBACK").await;
-        c.execute("PRAGMA synchronous = FULL").await.is_ok()
-    }
-    let Ok(appended) = applied else {
-        if abandon(c).await {
-            conn.release();
-        }
-        return applied;
-    };
-    // Each statement's own result: a batch that committed is answered as
-    // committed, even if the setting could not be put back (the connection
-    // is then closed instead).
-    let (committed, restored) = {
-        let mut results = c.execute_many("COMMIT; PRAGMA synchronous = FULL");
-        (results.next().await, results.next().await)
-    };
-    match committed {
-        Some(Ok(_)) => {
-            if matches!(restored, Some(Ok(_))) {
-                conn.release();
-            } else {
-                tracing::error!(?restored, "the audit writer's connection could not go back to synchronous = FULL; closing it");
-            }
-            Ok(appended)
-        }
-        failed => {
-            if abandon(c).await {
-                conn.release();
-            }
-            Err(match failed {
-                Some(Err(e)) => e.into(),
-                _ => Error::internal("COMMIT returned no result"),
-            })
-        }
-    }
-}
-
-/// The writer's connection while a batch commits with `synchronous =
-/// NORMAL`: closed if dropped before [`UnsyncedConnection::release`] (the
-/// batch was interrupted, or could not set it back to `FULL`), so that no
-/// later write commits unsynced or inside its transaction.
-struct UnsyncedConnection {
-    conn: sqlx::pool::PoolConnection<sqlx::Any>,
-    released: bool,
-}
-
-impl UnsyncedConnection {
-    /// Back to the pool, in autocommit mode with `synchronous = FULL`.
-    fn release(mut self) {
-        self.released = true;
-    }
-}
-
-impl Drop for UnsyncedConnection {
-    fn drop(&mut self) {
-        if !self.released {
-            self.conn.close_on_drop();
-        }
-    }
-}
-
-/// Decides and writes a batch inside the transaction `tx`.
-async fn apply_batch(tx: &mut AnyConnection, batch: &[Pending]) -> Result<Vec<Appended>> {
+async fn commit_batch(store: &Store, batch: &[Pending]) -> Result<Vec<Appended>> {
+    let mut tx = store.writer().begin().await?;
     // The log's head first: batches of several nodes then queue on it instead
     // of taking the guards' row locks in different orders (a deadlock), and a
     // SQLite transaction holds the write lock from its first statement.
-    let head = Store::lock_audit_head(tx).await?;
+    let head = Store::lock_audit_head(&mut tx).await?;
     let mut decisions = vec![Decision::Applied; batch.len()];
     // Spends not yet decided: decided together, before any later statement
     // runs (it might change their consents).
@@ -1122,20 +870,20 @@ async fn apply_batch(tx: &mut AnyConnection, batch: &[Pending]) -> Result<Vec<Ap
             continue;
         }
         if matches!(g.guard, Guard::Changes(_)) || !g.then.is_empty() {
-            decide_spends(tx, batch, &mut spends, &mut decisions).await?;
+            decide_spends(&mut tx, batch, &mut spends, &mut decisions).await?;
         }
         if let Guard::Changes(s) = &g.guard {
-            if Store::execute_in(tx, s).await? == 0 {
+            if Store::execute_in(&mut tx, s).await? == 0 {
                 decisions[i] = Decision::Refused;
             }
         }
         if decisions[i] == Decision::Applied {
             for s in &g.then {
-                Store::execute_in(tx, s).await?;
+                Store::execute_in(&mut tx, s).await?;
             }
         }
     }
-    decide_spends(tx, batch, &mut spends, &mut decisions).await?;
+    decide_spends(&mut tx, batch, &mut spends, &mut decisions).await?;
     let notifications: Vec<_> = batch
         .iter()
         .zip(&decisions)
@@ -1143,7 +891,7 @@ async fn apply_batch(tx: &mut AnyConnection, batch: &[Pending]) -> Result<Vec<Ap
         .filter_map(|(p, _)| p.guard.as_ref())
         .flat_map(|g| &g.notifications)
         .collect();
-    Store::insert_notifications_in(tx, &notifications).await?;
+    Store::insert_notifications_in(&mut tx, &notifications).await?;
     let mut events = Vec::new();
     let mut shapes = Vec::with_capacity(batch.len());
     for (p, &decision) in batch.iter().zip(&decisions) {
@@ -1155,7 +903,8 @@ async fn apply_batch(tx: &mut AnyConnection, batch: &[Pending]) -> Result<Vec<Ap
         shapes.push((chosen.len(), decision));
         events.extend(chosen.iter().cloned());
     }
-    let records = append_after(tx, head, events).await?;
+    let records = append_after(&mut tx, head, events).await?;
+    tx.commit().await?;
     let mut seqs = records.iter().map(|r| r.seq);
     Ok(shapes
         .into_iter()
@@ -1241,9 +990,6 @@ pub struct RequestMeta {
     /// Set once a refusal of this request is on record with its details, so
     /// that the HTTP layer does not record it a second time.
     pub refusal_recorded: Arc<std::sync::atomic::AtomicBool>,
-    /// Set once one of this request's appends is durable: what the request
-    /// read before it is then durable too (see [`AuditLog::durable`]).
-    pub appended: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Notes that the current request's refusal is on record.
@@ -1271,96 +1017,6 @@ pub fn current_request() -> Option<RequestMeta> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn committed(generation: u64, wrote: bool) -> (Committed, oneshot::Receiver<Result<Appended>>) {
-        let (done, answer) = oneshot::channel();
-        let appended = Appended {
-            seqs: vec![generation as i64],
-            decision: Decision::Applied,
-        };
-        let c = Committed {
-            generation,
-            wrote,
-            answers: vec![(done, Ok(appended))],
-        };
-        (c, answer)
-    }
-
-    #[test]
-    fn commits_are_answered_only_after_a_flush_that_began_after_them() {
-        let durability = Arc::new(Durability::default());
-        let (queue, commits) = std::sync::mpsc::channel();
-        let (started_tx, started) = std::sync::mpsc::channel();
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let flushes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let flusher = {
-            let (durability, flushes) = (durability.clone(), flushes.clone());
-            std::thread::spawn(move || {
-                flush_commits(commits, durability, || {
-                    flushes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    started_tx.send(()).unwrap();
-                    released.recv().unwrap();
-                    Ok(())
-                })
-            })
-        };
-        let (c1, mut a1) = committed(1, true);
-        queue.send(c1).unwrap();
-        started.recv().unwrap();
-        // Two more commit while the first flush runs: not covered by it.
-        let (c2, mut a2) = committed(2, true);
-        let (c3, mut a3) = committed(3, true);
-        queue.send(c2).unwrap();
-        queue.send(c3).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        assert!(a1.try_recv().is_err(), "answered before its flush returned");
-        assert_eq!(*durability.durable.borrow(), 0);
-        release.send(()).unwrap();
-        assert_eq!(a1.blocking_recv().unwrap().unwrap().seqs, [1]);
-        // The second flush, for both, has begun and not returned.
-        started.recv().unwrap();
-        assert_eq!(*durability.durable.borrow(), 1);
-        assert!(a2.try_recv().is_err() && a3.try_recv().is_err());
-        release.send(()).unwrap();
-        assert_eq!(a2.blocking_recv().unwrap().unwrap().seqs, [2]);
-        assert_eq!(a3.blocking_recv().unwrap().unwrap().seqs, [3]);
-        assert_eq!(*durability.durable.borrow(), 3);
-        // A batch that committed nothing (its commit failed) is answered
-        // without a flush, and still counts as done.
-        let (c4, a4) = committed(4, false);
-        queue.send(c4).unwrap();
-        assert!(a4.blocking_recv().unwrap().is_ok());
-        assert_eq!(*durability.durable.borrow(), 4);
-        assert_eq!(flushes.load(std::sync::atomic::Ordering::SeqCst), 2);
-        drop(queue);
-        flusher.join().unwrap();
-    }
-
-    #[tokio::test]
-    async fn durable_waits_for_the_commits_that_began_before_it() {
-        let durability = Arc::new(Durability::default());
-        // Nothing in flight: at once.
-        durability.wait().await;
-        durability
-            .committing
-            .store(2, std::sync::atomic::Ordering::SeqCst);
-        durability.durable.send_replace(1);
-        let waiting = tokio::spawn({
-            let durability = durability.clone();
-            async move { durability.wait().await }
-        });
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        assert!(!waiting.is_finished());
-        // A batch that begins later is not waited for.
-        durability
-            .committing
-            .store(3, std::sync::atomic::Ordering::SeqCst);
-        durability.durable.send_replace(2);
-        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
-            .await
-            .expect("durable once generation 2 is")
-            .unwrap();
-    }
 
     fn record() -> AuditRecord {
         AuditRecord {

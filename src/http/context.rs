@@ -83,16 +83,8 @@ pub async fn context(State(state): State<AppState>, mut req: Request, next: Next
         request_id: request_id.clone(),
         client_addr,
         refusal_recorded: Default::default(),
-        appended: Default::default(),
     };
     let mut res = with_request(meta.clone(), next.run(req)).await;
-    // Nothing this request read leaves before it is durable: one that
-    // appended was answered after its commit, which is later than its reads
-    // (handlers read, then append); one that did not waits for the commits
-    // in flight (see "Durability" in `crate::audit`).
-    if !meta.appended.load(std::sync::atomic::Ordering::Relaxed) {
-        state.audit.durable().await;
-    }
     let status = res.status();
     let already = meta
         .refusal_recorded

@@ -64,10 +64,6 @@ pub struct Store {
     /// that only waited for readers briefly kept failing while the indexer
     /// caught up, and the WAL grew without bound meanwhile.
     wal_readers: std::sync::Arc<tokio::sync::RwLock<()>>,
-    /// The SQLite log's write-ahead log file, when it has one (not in
-    /// memory): the audit log's group commits fsync it themselves, off the
-    /// writer's path (see `crate::audit`'s "Durability").
-    wal_file: Option<std::path::PathBuf>,
 }
 
 /// WAL frames (pages) past which [`Store::checkpoint_wal`] makes the WAL
@@ -125,7 +121,6 @@ impl Store {
                 own_checkpoints: Default::default(),
                 cache: std::sync::Arc::new(cache::ReadCache::new()),
                 wal_readers: Default::default(),
-                wal_file: None,
             });
         }
         if !config.database_url.starts_with("sqlite:") {
@@ -156,10 +151,6 @@ impl Store {
             .get_filename()
             .to_string_lossy()
             .into_owned();
-        let mode = sqlx::query("PRAGMA journal_mode").fetch_one(&write).await?;
-        let wal_file = col::<String>(&mode, "journal_mode")?
-            .eq_ignore_ascii_case("wal")
-            .then(|| std::path::PathBuf::from(format!("{log_file}-wal")));
         let index_file = format!("{log_file}{INDEX_FILE_SUFFIX}");
         let index = sqlite_pool(
             &format!("sqlite://{index_file}?mode=rwc"),
@@ -183,7 +174,6 @@ impl Store {
             own_checkpoints,
             cache: std::sync::Arc::new(cache::ReadCache::new()),
             wal_readers: Default::default(),
-            wal_file,
         })
     }
 
@@ -263,11 +253,6 @@ impl Store {
     /// Pool for writes.
     pub fn writer(&self) -> &AnyPool {
         &self.write
-    }
-
-    /// The SQLite log's write-ahead log file, if it has one.
-    pub(crate) fn wal_file(&self) -> Option<&std::path::Path> {
-        self.wal_file.as_deref()
     }
 
     /// From now on the caller runs [`Store::checkpoint_wal`] regularly, so
