@@ -747,19 +747,25 @@ async fn notifications_are_routed_as_they_are_queued() {
             assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
         }
     };
-    let row = |n: usize, kind: &str, recipient: (&str, &str)| {
-        licensegate::store::notify::NotificationRow {
-            id: format!("ntf_000000000002{n:024x}"),
-            recipient_kind: recipient.0.into(),
-            recipient_id: recipient.1.into(),
+    // Notification n's id: time-ordered, as the server makes them.
+    let id = |n: usize| format!("ntf_000000000002{n:024x}");
+    // To the holder, or to an entity.
+    let row =
+        |n: usize, kind: &str, recipient_kind: &str| licensegate::store::notify::NotificationRow {
+            id: id(n),
+            recipient_kind: recipient_kind.into(),
+            recipient_id: if recipient_kind == "holder" {
+                holder.clone()
+            } else {
+                "some-entity".into()
+            },
             kind: kind.into(),
             payload: "{}".into(),
             status: "queued".into(),
             created_at: "2026-01-01T00:00:00.000000Z".into(),
-        }
-    };
+        };
     let status = |n: usize| {
-        let id = format!("ntf_000000000002{n:024x}");
+        let id = id(n);
         async move {
             sqlx::query_scalar::<_, String>("SELECT status FROM notifications WHERE id = $1")
                 .bind(id)
@@ -768,13 +774,8 @@ async fn notifications_are_routed_as_they_are_queued() {
                 .unwrap()
         }
     };
-    // Queues (n, kind, recipient) and checks each one's status, as expected.
-    type Routed = (
-        usize,
-        &'static str,
-        (&'static str, &'static str),
-        &'static str,
-    );
+    // Queues (n, kind, recipient kind) and checks each one's status, as expected.
+    type Routed = (usize, &'static str, &'static str, &'static str);
     let world = &w;
     let queue = |rows: Vec<Routed>| async move {
         let queued: Vec<_> = rows.iter().map(|&(n, k, r, _)| row(n, k, r)).collect();
@@ -783,8 +784,7 @@ async fn notifications_are_routed_as_they_are_queued() {
             assert_eq!(status(n).await, expected, "{kind}");
         }
     };
-    let holder: &'static str = Box::leak(holder.into_boxed_str());
-    let (h, e) = (("holder", holder), ("entity", "some-entity"));
+    let (h, e) = ("holder", "entity");
 
     // No endpoint for holders, one for an entity kind.
     webhook("entity", json!(["license.retrieved"])).await;
@@ -815,11 +815,5 @@ async fn notifications_are_routed_as_they_are_queued() {
         ("dispatched".into(), "dispatched".into())
     );
     let ids = webhook_ids(&got.lock().unwrap());
-    assert_eq!(
-        ids,
-        [
-            format!("ntf_000000000002{:024x}", 3),
-            format!("ntf_000000000002{:024x}", 6)
-        ]
-    );
+    assert_eq!(ids, [id(3), id(6)]);
 }
