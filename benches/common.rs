@@ -436,3 +436,44 @@ async fn paced_run(
         worst_windows: worst,
     }
 }
+
+/// The audit writer's totals, read from the server's metrics
+/// (`licensegate_audit_commit_seconds`, `licensegate_audit_batch_records`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WriterTotals {
+    commits: f64,
+    seconds: f64,
+    callers: f64,
+}
+
+impl WriterTotals {
+    pub fn read(metrics: &licensegate::telemetry::Metrics) -> Self {
+        let text = metrics.render();
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        WriterTotals {
+            commits: value("licensegate_audit_commit_seconds_count"),
+            seconds: value("licensegate_audit_commit_seconds_sum"),
+            callers: value("licensegate_audit_batch_records_sum"),
+        }
+    }
+
+    /// Prints what the writer did since `before`, over `seconds`.
+    pub fn report_since(&self, before: &Self, seconds: f64) {
+        let commits = self.commits - before.commits;
+        if commits <= 0.0 {
+            return;
+        }
+        let busy = self.seconds - before.seconds;
+        println!(
+            "  audit writer: {:.0} commits/s, {:.1} calls per commit, {:.2} ms per commit, busy {:.0} ms per s",
+            commits / seconds,
+            (self.callers - before.callers) / commits,
+            busy * 1e3 / commits,
+            busy * 1e3 / seconds
+        );
+    }
+}

@@ -326,6 +326,7 @@ end
         let path = license_url
             .strip_prefix(&format!("http://{addr}"))
             .expect("path");
+        let before = WriterTotals::read(&services.metrics);
         let p = paced(
             addr,
             path,
@@ -334,6 +335,7 @@ end
             seconds,
             concurrency,
         );
+        let writer = WriterTotals::read(&services.metrics);
         p.latency.report(
             &format!("retrievals at {offered}/s offered (open loop), answered"),
             &format!("{seconds} s, {concurrency} connections, latency from when each was due"),
@@ -348,5 +350,6 @@ end
             .map(|(at, n, max)| format!("{at} ms: {n} answered, slowest {max:.1} ms"))
             .collect();
         println!("  slowest 100 ms windows: {}", worst.join("; "));
+        writer.report_since(&before, seconds as f64);
     }
 }

@@ -59,6 +59,9 @@ pub struct Metrics {
     pub audit_batch: Histogram,
     /// Audit appends that failed (the callers were refused).
     pub audit_failures: Counter,
+    /// Seconds per audit group commit: how long the writer holds the log
+    /// for one batch (its sum over time is how busy the writer is).
+    pub audit_commit: Histogram,
 }
 
 impl Default for Metrics {
@@ -81,6 +84,8 @@ impl Default for Metrics {
         let audit_records = Counter::default();
         let audit_batch = Histogram::new(exponential_buckets(1.0, 2.0, 11));
         let audit_failures = Counter::default();
+        // 50 µs to about 0.8 s.
+        let audit_commit = Histogram::new(exponential_buckets(0.00005, 2.0, 15));
         registry.register(
             "audit_records",
             "Audit records committed by this process",
@@ -96,6 +101,12 @@ impl Default for Metrics {
             "Audit appends that failed",
             audit_failures.clone(),
         );
+        registry.register_with_unit(
+            "audit_commit",
+            "Time per audit group commit",
+            prometheus_client::registry::Unit::Seconds,
+            audit_commit.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -103,6 +114,7 @@ impl Default for Metrics {
             audit_records,
             audit_batch,
             audit_failures,
+            audit_commit,
         }
     }
 }

@@ -40,7 +40,7 @@ use utoipa::ToSchema;
 
 use crate::error::{Error, Result};
 use crate::keys::sha256;
-use crate::store::{now, timestamp, Store};
+use crate::store::{is_sqlite, now, timestamp, Backend, Store, Write};
 use merkle::{leaf_hash, Frontier, Hash};
 
 /// Who did something.
@@ -539,11 +539,20 @@ pub async fn append_in(
 /// Appends `events` after `head`, which the caller's transaction has locked.
 async fn append_after(
     conn: &mut AnyConnection,
-    mut head: Head,
+    head: Head,
     events: Vec<AuditEvent>,
 ) -> Result<Vec<AuditRecord>> {
+    let (records, head) = chain(head, events);
+    if !records.is_empty() {
+        Store::append_audit_records(conn, &records, &head).await?;
+    }
+    Ok(records)
+}
+
+/// The records of `events` chained after `head`, and the head after them.
+fn chain(mut head: Head, events: Vec<AuditEvent>) -> (Vec<AuditRecord>, Head) {
     if events.is_empty() {
-        return Ok(Vec::new());
+        return (Vec::new(), head);
     }
     let time = timestamp(now());
     let mut records = Vec::with_capacity(events.len());
@@ -574,8 +583,7 @@ async fn append_after(
         head.hash = h;
         records.push(r);
     }
-    Store::append_audit_records(conn, &records, &head).await?;
-    Ok(records)
+    (records, head)
 }
 
 fn truncate(mut s: String, max: usize) -> String {
@@ -716,6 +724,7 @@ impl AuditLog {
             records: metrics.audit_records.clone(),
             batch: metrics.audit_batch.clone(),
             failures: metrics.audit_failures.clone(),
+            commit: metrics.audit_commit.clone(),
         };
         tokio::spawn(writer(store.clone(), rx, counters));
         Arc::new(AuditLog { queue: tx, store })
@@ -782,6 +791,7 @@ struct WriterMetrics {
     records: prometheus_client::metrics::counter::Counter,
     batch: prometheus_client::metrics::histogram::Histogram,
     failures: prometheus_client::metrics::counter::Counter,
+    commit: prometheus_client::metrics::histogram::Histogram,
 }
 
 async fn writer(store: Store, mut rx: mpsc::Receiver<Pending>, metrics: WriterMetrics) {
@@ -808,6 +818,7 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Pending>, metrics: WriterMe
             }
         }
         last_batch = batch.len();
+        let started = std::time::Instant::now();
         let mut result = commit_batch(&store, &batch).await;
         // A transaction PostgreSQL chose as a deadlock victim (or could not
         // serialize) was rolled back whole: the same batch can run again.
@@ -820,6 +831,7 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Pending>, metrics: WriterMe
                 _ => break,
             }
         }
+        metrics.commit.observe(started.elapsed().as_secs_f64());
         metrics.batch.observe(batch.len() as f64);
         match result {
             Ok(appended) => {
@@ -844,11 +856,122 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Pending>, metrics: WriterMe
 }
 
 async fn commit_batch(store: &Store, batch: &[Pending]) -> Result<Vec<Appended>> {
+    if store.backend() == Backend::Sqlite {
+        return commit_batch_sqlite(store, batch).await;
+    }
     let mut tx = store.writer().begin().await?;
     // The log's head first: batches of several nodes then queue on it instead
-    // of taking the guards' row locks in different orders (a deadlock), and a
-    // SQLite transaction holds the write lock from its first statement.
+    // of taking the guards' row locks in different orders (a deadlock).
     let head = Store::lock_audit_head(&mut tx).await?;
+    let (writes, appended) = apply_batch(&mut tx, batch, head, None).await?;
+    Store::run_writes(&mut tx, writes).await?;
+    tx.commit().await?;
+    Ok(appended)
+}
+
+/// A group commit on SQLite, for a batch of retrievals in three calls to the
+/// writer connection's thread: `BEGIN IMMEDIATE` with the head and the
+/// budgets of the batch's first spends, then every write (see
+/// [`crate::store::Script`]), then `COMMIT` once their changes are checked
+/// (a guarded change that decides later ones adds its own calls). Each call
+/// waits for that thread to get a core, so one call per statement (seven for
+/// a batch of retrievals) stretched the writer's hold on the log: at 8,000
+/// retrievals/s offered, 1.67-1.98 ms per commit against 1.23-1.56 ms.
+async fn commit_batch_sqlite(store: &Store, batch: &[Pending]) -> Result<Vec<Appended>> {
+    let mut conn = ManualTransaction {
+        conn: store.writer().acquire().await?,
+        released: false,
+    };
+    let c: &mut AnyConnection = &mut conn.conn;
+    let done = async {
+        let (ids, jtis) = first_spends(batch);
+        let budgets = Store::budgets_statement(true, &ids, &jtis)?;
+        let (head, budgets) = Store::begin_group_commit_sqlite(c, budgets).await?;
+        let read = Prefetched { ids, jtis, budgets };
+        let (writes, appended) = apply_batch(c, batch, head, Some(read)).await?;
+        Store::run_writes(c, writes).await?;
+        sqlx::query("COMMIT").execute(&mut *c).await?;
+        Ok(appended)
+    }
+    .await;
+    if done.is_err() {
+        // Nothing of the batch stays. The connection goes back to the pool
+        // once it is out of the transaction: rolled back now, or already
+        // (SQLite rolls back by itself after some errors, such as a full
+        // disk, and a BEGIN that failed began nothing). Otherwise it is
+        // closed, which rolls back too.
+        match sqlx::query("ROLLBACK").execute(&mut *c).await {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.message().contains("no transaction is active") => {}
+            Err(e) => {
+                tracing::error!(error = %e, "the audit writer's transaction could not be rolled back; closing its connection");
+                return done;
+            }
+        }
+    }
+    conn.released = true;
+    done
+}
+
+/// The writer's connection while a transaction begun by hand is open: closed
+/// if dropped before it is marked released (the batch was interrupted, or its
+/// transaction could not be ended), so that no later write runs inside it.
+struct ManualTransaction {
+    conn: sqlx::pool::PoolConnection<sqlx::Any>,
+    released: bool,
+}
+
+impl Drop for ManualTransaction {
+    fn drop(&mut self) {
+        if !self.released {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+/// The consents and token ids of the batch's spends that are decided first
+/// (those before any other guarded change), sorted and without repeats.
+fn first_spends(batch: &[Pending]) -> (Vec<&str>, Vec<&str>) {
+    let (mut ids, mut jtis) = (Vec::new(), Vec::new());
+    for g in batch.iter().filter_map(|p| p.guard.as_ref()) {
+        let Guard::Spend {
+            consent_id, expect, ..
+        } = &g.guard
+        else {
+            if matches!(g.guard, Guard::Changes(_)) || !g.then.is_empty() {
+                break;
+            }
+            continue;
+        };
+        ids.push(consent_id.as_str());
+        jtis.extend(expect.as_ref().map(|e| e.jti.as_str()));
+    }
+    for v in [&mut ids, &mut jtis] {
+        v.sort_unstable();
+        v.dedup();
+    }
+    (ids, jtis)
+}
+
+/// Budgets read when the transaction began, for the spends of `ids` and
+/// `jtis`.
+struct Prefetched<'a> {
+    ids: Vec<&'a str>,
+    jtis: Vec<&'a str>,
+    budgets: crate::store::consent::Budgets,
+}
+
+/// Decides a batch after `head` in the transaction `tx`: runs the guarded
+/// changes whose outcome decides later ones, and returns the writes left
+/// (budgets spent last, the statements that follow them, the notifications
+/// and the records) and what each caller gets.
+async fn apply_batch(
+    tx: &mut AnyConnection,
+    batch: &[Pending],
+    head: Head,
+    mut read: Option<Prefetched<'_>>,
+) -> Result<(Vec<Write>, Vec<Appended>)> {
+    let sqlite = is_sqlite(tx);
     let mut decisions = vec![Decision::Applied; batch.len()];
     // Spends not yet decided: decided together, before any later statement
     // runs (it might change their consents).
@@ -870,20 +993,21 @@ async fn commit_batch(store: &Store, batch: &[Pending]) -> Result<Vec<Appended>>
             continue;
         }
         if matches!(g.guard, Guard::Changes(_)) || !g.then.is_empty() {
-            decide_spends(&mut tx, batch, &mut spends, &mut decisions).await?;
+            let writes = decide_spends(tx, batch, &mut spends, &mut decisions, read.take()).await?;
+            Store::run_writes(tx, writes).await?;
         }
         if let Guard::Changes(s) = &g.guard {
-            if Store::execute_in(&mut tx, s).await? == 0 {
+            if Store::execute_in(tx, s).await? == 0 {
                 decisions[i] = Decision::Refused;
             }
         }
         if decisions[i] == Decision::Applied {
             for s in &g.then {
-                Store::execute_in(&mut tx, s).await?;
+                Store::execute_in(tx, s).await?;
             }
         }
     }
-    decide_spends(&mut tx, batch, &mut spends, &mut decisions).await?;
+    let mut writes = decide_spends(tx, batch, &mut spends, &mut decisions, read.take()).await?;
     let notifications: Vec<_> = batch
         .iter()
         .zip(&decisions)
@@ -891,7 +1015,9 @@ async fn commit_batch(store: &Store, batch: &[Pending]) -> Result<Vec<Appended>>
         .filter_map(|(p, _)| p.guard.as_ref())
         .flat_map(|g| &g.notifications)
         .collect();
-    Store::insert_notifications_in(&mut tx, &notifications).await?;
+    if !notifications.is_empty() {
+        writes.push(Store::notifications_write(sqlite, &notifications)?);
+    }
     let mut events = Vec::new();
     let mut shapes = Vec::with_capacity(batch.len());
     for (p, &decision) in batch.iter().zip(&decisions) {
@@ -903,16 +1029,19 @@ async fn commit_batch(store: &Store, batch: &[Pending]) -> Result<Vec<Appended>>
         shapes.push((chosen.len(), decision));
         events.extend(chosen.iter().cloned());
     }
-    let records = append_after(&mut tx, head, events).await?;
-    tx.commit().await?;
+    let (records, head) = chain(head, events);
+    if !records.is_empty() {
+        writes.extend(Store::append_writes(sqlite, &records, &head)?);
+    }
     let mut seqs = records.iter().map(|r| r.seq);
-    Ok(shapes
+    let appended = shapes
         .into_iter()
         .map(|(n, decision)| Appended {
             seqs: seqs.by_ref().take(n).collect(),
             decision,
         })
-        .collect())
+        .collect();
+    Ok((writes, appended))
 }
 
 /// A budget spend of a group commit, not yet decided.
@@ -926,16 +1055,18 @@ struct Spend<'a> {
 
 /// Decides the budget spends `spends` in their order, from one read of their
 /// consents (and of what the calls among them that went by an earlier read
-/// expect), writes them with one statement, then runs the statements of those
-/// that were made.
+/// expect; `read` when it was read for them already), and returns the writes
+/// that follow: one statement for the budgets spent, then the statements of
+/// the calls that were made.
 async fn decide_spends(
     tx: &mut AnyConnection,
     batch: &[Pending],
     spends: &mut Vec<Spend<'_>>,
     decisions: &mut [Decision],
-) -> Result<()> {
+    read: Option<Prefetched<'_>>,
+) -> Result<Vec<Write>> {
     if spends.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let mut ids: Vec<&str> = spends.iter().map(|s| s.consent).collect();
     ids.sort_unstable();
@@ -946,7 +1077,10 @@ async fn decide_spends(
         .collect();
     jtis.sort_unstable();
     jtis.dedup();
-    let budgets = Store::lock_budgets_in(tx, &ids, &jtis).await?;
+    let budgets = match read {
+        Some(r) if r.ids == ids && r.jtis == jtis => r.budgets,
+        _ => Store::lock_budgets_in(tx, &ids, &jtis).await?,
+    };
     let mut spent: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
     for s in spends.iter() {
         let budget = budgets.consents.get(s.consent);
@@ -968,16 +1102,27 @@ async fn decide_spends(
     }
     let mut spent: Vec<(&str, i64)> = spent.into_iter().filter(|(_, n)| *n > 0).collect();
     spent.sort_unstable();
-    Store::spend_retrievals_in(tx, &spent, &timestamp(now())).await?;
+    let mut writes = Vec::new();
+    if !spent.is_empty() {
+        writes.push(Store::spend_write(
+            is_sqlite(tx),
+            &spent,
+            &timestamp(now()),
+        )?);
+    }
     for s in spends.iter() {
         if decisions[s.index] == Decision::Applied {
             for st in batch[s.index].guard.iter().flat_map(|g| &g.then) {
-                Store::execute_in(tx, st).await?;
+                writes.push(Write {
+                    statement: st.clone(),
+                    changes: None,
+                    what: "",
+                });
             }
         }
     }
     spends.clear();
-    Ok(())
+    Ok(writes)
 }
 
 /// Where the current request came from, for the records it causes.

@@ -4,7 +4,7 @@
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Connection, Executor};
 
-use super::{col, Store};
+use super::{col, Bind, Statement, Store, Write};
 use crate::audit::merkle::Frontier;
 use crate::audit::{unhex32, AuditRecord, Head, RecordText};
 use crate::error::{Error, Result};
@@ -138,16 +138,16 @@ fn head_from_row(row: &AnyRow) -> Result<Head> {
     })
 }
 
-/// The batch INSERT and the move of the chain head, one statement: every
-/// record of a batch travels as one JSON array parameter and the database
-/// unpacks it, so a batch of any size is one round trip with four binds
-/// (binding 16 parameters per row through the driver cost more than the
-/// insert itself; measured with benches/audit.rs). On SQLite the rows are
-/// materialized first: `json_each` renders an element's `value` as text each
-/// time it is read, 16 times per row otherwise (perf: about a third of the
-/// writer thread at 64 writers). SQLite runs the two statements of the text
-/// in order; PostgreSQL moves the head in the INSERT's own statement, and
-/// only when every row went in.
+/// The batch INSERT and the move of the chain head: every record of a batch
+/// travels as one JSON array parameter and the database unpacks it, so a
+/// batch of any size is one statement with one bind (binding 16 parameters
+/// per row through the driver cost more than the insert itself; measured
+/// with benches/audit.rs). On SQLite the rows are materialized first:
+/// `json_each` renders an element's `value` as text each time it is read,
+/// 16 times per row otherwise (perf: about a third of the writer thread at 64
+/// writers), and the head moves in a second statement (run in the same call,
+/// see [`super::Script`]); PostgreSQL moves the head in the INSERT's own
+/// statement, and only when every row went in.
 fn append_sql(sqlite: bool) -> &'static str {
     static SQLITE: std::sync::LazyLock<String> =
         std::sync::LazyLock::new(|| build_append_sql(true));
@@ -160,6 +160,16 @@ fn append_sql(sqlite: bool) -> &'static str {
     }
 }
 
+/// Locks the chain head and reads it, in one statement: the no-op UPDATE
+/// takes the row lock on PostgreSQL and the write lock on SQLite, RETURNING
+/// reads the head.
+const LOCK_HEAD: &str =
+    "UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash, frontier";
+
+/// The move of the chain head on SQLite, after the INSERT of [`append_sql`].
+const MOVE_HEAD_SQLITE: &str =
+    "UPDATE audit_head SET seq = $1, hash = $2, frontier = $3 WHERE id = 1";
+
 fn build_append_sql(sqlite: bool) -> String {
     let cols = (0..16)
         .map(|i| match (sqlite, i) {
@@ -169,17 +179,16 @@ fn build_append_sql(sqlite: bool) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ");
-    const HEAD: &str = "UPDATE audit_head SET seq = $2, hash = $3, frontier = $4 WHERE id = 1";
     if sqlite {
         format!(
             "WITH r AS MATERIALIZED (SELECT key, value AS v FROM json_each($1)) \
-             INSERT INTO audit_records ({COLUMNS}) SELECT {cols} FROM r ORDER BY key; {HEAD}"
+             INSERT INTO audit_records ({COLUMNS}) SELECT {cols} FROM r ORDER BY key"
         )
     } else {
         format!(
             "WITH ins AS (INSERT INTO audit_records ({COLUMNS}) SELECT {cols} \
                FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS t(r, n) ORDER BY n RETURNING 1) \
-             {HEAD} AND (SELECT COUNT(*) FROM ins) = $5"
+             UPDATE audit_head SET seq = $2, hash = $3, frontier = $4 WHERE id = 1 AND (SELECT COUNT(*) FROM ins) = $5"
         )
     }
 }
@@ -259,13 +268,32 @@ impl Store {
     /// UPDATE takes the row lock on PostgreSQL and the write lock on SQLite
     /// before anything is read, so two appenders never see the same head.
     pub async fn lock_audit_head(conn: &mut AnyConnection) -> Result<Head> {
-        // One round trip: the no-op UPDATE takes the lock, RETURNING reads the head.
-        let row = sqlx::query(
-            "UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash, frontier",
-        )
-        .fetch_one(&mut *conn)
-        .await?;
+        let row = sqlx::query(LOCK_HEAD).fetch_one(&mut *conn).await?;
         head_from_row(&row)
+    }
+
+    /// Begins a SQLite group commit on the writer's connection, in one call
+    /// to its thread: `BEGIN IMMEDIATE` (the write lock), the chain head
+    /// locked and read, and the budgets of `budgets` read (see
+    /// [`Store::budgets_statement`]). The caller ends the transaction.
+    pub async fn begin_group_commit_sqlite(
+        conn: &mut AnyConnection,
+        budgets: Statement,
+    ) -> Result<(Head, super::consent::Budgets)> {
+        let mut script = super::Script::default();
+        script
+            .push("BEGIN IMMEDIATE", [])
+            .push(LOCK_HEAD, [])
+            .push(budgets.sql, budgets.binds);
+        let results = script.run(conn).await?;
+        let head = results[1]
+            .rows
+            .first()
+            .ok_or_else(|| Error::internal("the audit head is missing"))?;
+        Ok((
+            head_from_row(head)?,
+            Self::budgets_from_rows(&results[2].rows)?,
+        ))
     }
 
     /// Inserts chained records and moves the chain head to `head`, their last.
@@ -274,23 +302,36 @@ impl Store {
         records: &[AuditRecord],
         head: &Head,
     ) -> Result<()> {
-        let sqlite = conn.backend_name().eq_ignore_ascii_case("sqlite");
-        let payload = records_json(records)?;
+        let writes = Self::append_writes(super::is_sqlite(conn), records, head)?;
+        Self::run_writes(conn, writes).await
+    }
+
+    /// The statements of [`Store::append_audit_records`].
+    pub fn append_writes(sqlite: bool, records: &[AuditRecord], head: &Head) -> Result<Vec<Write>> {
+        const WHAT: &str = "the audit batch was not inserted whole";
+        let payload = Bind::Text(records_json(records)?);
         let n = records.len() as i64;
-        let done = sqlx::query(append_sql(sqlite))
-            .bind(payload)
-            .bind(head.seq)
-            .bind(crate::audit::hex(&head.hash))
-            .bind(head.frontier.to_bytes())
-            .bind(n)
-            .execute(&mut *conn)
-            .await?;
-        // SQLite counts the rows of both statements, PostgreSQL the head's.
-        let expected = if sqlite { n as u64 + 1 } else { 1 };
-        if done.rows_affected() != expected {
-            return Err(Error::internal("the audit batch was not inserted whole"));
-        }
-        Ok(())
+        let moved = [
+            Bind::Int(head.seq),
+            Bind::Text(crate::audit::hex(&head.hash)),
+            Bind::Bytes(head.frontier.to_bytes()),
+        ];
+        let write = |sql, binds, changes| Write {
+            statement: Statement { sql, binds },
+            changes: Some(changes),
+            what: WHAT,
+        };
+        Ok(if sqlite {
+            vec![
+                write(append_sql(true), vec![payload], n as u64),
+                write(MOVE_HEAD_SQLITE, moved.to_vec(), 1),
+            ]
+        } else {
+            let mut binds = vec![payload];
+            binds.extend(moved);
+            binds.push(Bind::Int(n));
+            vec![write(append_sql(false), binds, 1)]
+        })
     }
 
     /// The chain head as committed.

@@ -8,7 +8,7 @@ use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
 
 use super::cache::Generations;
-use super::{col, Bind, Statement, Store};
+use super::{bind_all, col, is_sqlite, Bind, Statement, Store, Write};
 use crate::error::{Error, Result};
 
 /// A consent's retrieval budget as a group commit reads it.
@@ -621,13 +621,10 @@ impl Store {
     /// exist is absent from the answer. With them: which of the tokens `jtis`
     /// are revoked, the consents' entities' status and the change
     /// generations, so that a call that went by what it read earlier is
-    /// confirmed under the same lock as its spend.
-    pub async fn lock_budgets_in(
-        conn: &mut AnyConnection,
-        ids: &[&str],
-        jtis: &[&str],
-    ) -> Result<Budgets> {
-        let sql = if conn.backend_name().eq_ignore_ascii_case("sqlite") {
+    /// confirmed under the same lock as its spend. Read with
+    /// [`Store::budgets_from_rows`].
+    pub fn budgets_statement(sqlite: bool, ids: &[&str], jtis: &[&str]) -> Result<Statement> {
+        let sql = if sqlite {
             "SELECT c.id, c.status, c.retrievals, c.max_retrievals, c.expires_at, k.status AS client_status,
                     (SELECT json_group_array(jti) FROM revoked_tokens
                       WHERE jti IN (SELECT value FROM json_each($2))) AS revoked,
@@ -645,11 +642,17 @@ impl Store {
                FROM consents c LEFT JOIN clients k ON k.client_id = c.client_id
               WHERE c.id IN (SELECT jsonb_array_elements_text($1::jsonb)) ORDER BY c.id FOR UPDATE OF c"
         };
-        let rows = sqlx::query(sql)
-            .bind(serde_json::to_string(ids).map_err(Error::internal)?)
-            .bind(serde_json::to_string(jtis).map_err(Error::internal)?)
-            .fetch_all(&mut *conn)
-            .await?;
+        Ok(Statement {
+            sql,
+            binds: vec![
+                Bind::Text(serde_json::to_string(ids).map_err(Error::internal)?),
+                Bind::Text(serde_json::to_string(jtis).map_err(Error::internal)?),
+            ],
+        })
+    }
+
+    /// The budgets in the rows of [`Store::budgets_statement`].
+    pub fn budgets_from_rows(rows: &[AnyRow]) -> Result<Budgets> {
         let mut budgets = Budgets::default();
         for (i, r) in rows.iter().enumerate() {
             if i == 0 {
@@ -672,17 +675,24 @@ impl Store {
         Ok(budgets)
     }
 
+    /// Reads the budgets of [`Store::budgets_statement`] in the caller's
+    /// transaction.
+    pub async fn lock_budgets_in(
+        conn: &mut AnyConnection,
+        ids: &[&str],
+        jtis: &[&str],
+    ) -> Result<Budgets> {
+        let s = Self::budgets_statement(is_sqlite(conn), ids, jtis)?;
+        let rows = bind_all(sqlx::query(s.sql), s.binds)
+            .fetch_all(&mut *conn)
+            .await?;
+        Self::budgets_from_rows(&rows)
+    }
+
     /// Adds the retrievals spent in a group commit to their consents' counters,
     /// in one statement: `spent` pairs a consent with how many it spent.
-    pub async fn spend_retrievals_in(
-        conn: &mut AnyConnection,
-        spent: &[(&str, i64)],
-        now: &str,
-    ) -> Result<()> {
-        if spent.is_empty() {
-            return Ok(());
-        }
-        let sql = if conn.backend_name().eq_ignore_ascii_case("sqlite") {
+    pub fn spend_write(sqlite: bool, spent: &[(&str, i64)], now: &str) -> Result<Write> {
+        let sql = if sqlite {
             "UPDATE consents SET retrievals = retrievals + s.n, updated_at = $2
                FROM (SELECT value ->> 0 AS id, value ->> 1 AS n FROM json_each($1)) AS s
               WHERE consents.id = s.id"
@@ -691,16 +701,17 @@ impl Store {
                FROM (SELECT r ->> 0 AS id, (r ->> 1)::bigint AS n FROM jsonb_array_elements($1::jsonb) AS t(r)) AS s
               WHERE consents.id = s.id"
         };
-        let rows = serde_json::to_string(spent).map_err(Error::internal)?;
-        let done = sqlx::query(sql)
-            .bind(rows)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
-        if done.rows_affected() != spent.len() as u64 {
-            return Err(Error::internal("a budget spend missed its consent"));
-        }
-        Ok(())
+        Ok(Write {
+            statement: Statement {
+                sql,
+                binds: vec![
+                    Bind::Text(serde_json::to_string(spent).map_err(Error::internal)?),
+                    Bind::Text(now.to_owned()),
+                ],
+            },
+            changes: Some(spent.len() as u64),
+            what: "a budget spend missed its consent",
+        })
     }
 
     /// What a resource call needs about its token, in one round trip: the

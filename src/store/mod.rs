@@ -496,19 +496,257 @@ pub struct Statement {
     pub binds: Vec<Bind>,
 }
 
+/// A query with its values bound.
+type BoundQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+fn bind_all<'q>(mut q: BoundQuery<'q>, binds: impl IntoIterator<Item = Bind>) -> BoundQuery<'q> {
+    for b in binds {
+        q = match b {
+            Bind::Text(v) => q.bind(v),
+            Bind::Int(v) => q.bind(v),
+            Bind::Bytes(v) => q.bind(v),
+            Bind::Null => q.bind(Option::<String>::None),
+        };
+    }
+    q
+}
+
+/// A [`Statement`] whose number of changed rows is checked.
+#[derive(Debug, Clone)]
+pub struct Write {
+    /// The statement.
+    pub statement: Statement,
+    /// The rows it must change (none: not checked).
+    pub changes: Option<u64>,
+    /// Named in the error when it changes another number of rows.
+    pub what: &'static str,
+}
+
 impl Store {
     /// Runs a statement on a connection inside the caller's transaction;
     /// returns the number of rows it changed.
     pub async fn execute_in(conn: &mut sqlx::AnyConnection, s: &Statement) -> Result<u64> {
-        let mut q = sqlx::query(s.sql);
-        for b in &s.binds {
-            q = match b {
-                Bind::Text(v) => q.bind(v.clone()),
-                Bind::Int(v) => q.bind(*v),
-                Bind::Bytes(v) => q.bind(v.clone()),
-                Bind::Null => q.bind(Option::<String>::None),
-            };
+        Ok(bind_all(sqlx::query(s.sql), s.binds.iter().cloned())
+            .execute(&mut *conn)
+            .await?
+            .rows_affected())
+    }
+
+    /// Runs `writes` in order in the caller's transaction and checks the rows
+    /// each changed: on SQLite in one call to the connection's thread (see
+    /// [`Script`]), on PostgreSQL one by one.
+    pub async fn run_writes(conn: &mut sqlx::AnyConnection, writes: Vec<Write>) -> Result<()> {
+        if !is_sqlite(conn) {
+            for w in writes {
+                let n = Self::execute_in(conn, &w.statement).await?;
+                check_changes(&w, n)?;
+            }
+            return Ok(());
         }
-        Ok(q.execute(&mut *conn).await?.rows_affected())
+        let mut script = Script::default();
+        for w in &writes {
+            script.push(w.statement.sql, w.statement.binds.iter().cloned());
+        }
+        let results = script.run(conn).await?;
+        for (w, r) in writes.iter().zip(&results) {
+            check_changes(w, r.changes)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_changes(w: &Write, n: u64) -> Result<()> {
+    match w.changes {
+        Some(expected) if expected != n => Err(Error::internal(format!(
+            "{}: {n} rows changed, {expected} expected",
+            w.what
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Whether a connection is SQLite's.
+pub(crate) fn is_sqlite(conn: &sqlx::AnyConnection) -> bool {
+    conn.backend_name().eq_ignore_ascii_case("sqlite")
+}
+
+/// Several SQLite statements sent as one query, so that they run in one call
+/// to the connection's thread instead of a round trip each (SQLite only:
+/// PostgreSQL prepares one statement per query). SQLite runs the statements
+/// of a query string in order and stops at the first that fails; the `$N`
+/// placeholders of a query string number its values as a whole, so each
+/// statement's are renumbered after the values of those before it. The text
+/// of the statements must hold no `$` other than placeholders.
+#[derive(Debug, Default)]
+pub struct Script {
+    sql: String,
+    binds: Vec<Bind>,
+    statements: usize,
+}
+
+/// What one statement of a [`Script`] returned.
+#[derive(Default)]
+pub struct ScriptResult {
+    /// Its rows.
+    pub rows: Vec<AnyRow>,
+    /// The rows it changed (for a statement that is not an INSERT, UPDATE or
+    /// DELETE, SQLite reports the last such statement's).
+    pub changes: u64,
+}
+
+impl Script {
+    /// Adds one statement (with `$1`… numbering its own values).
+    pub fn push(&mut self, sql: &str, binds: impl IntoIterator<Item = Bind>) -> &mut Self {
+        let offset = self.binds.len();
+        if !self.sql.is_empty() {
+            self.sql.push_str(";\n");
+        }
+        let mut rest = sql;
+        while let Some(at) = rest.find('$') {
+            self.sql.push_str(&rest[..=at]);
+            rest = &rest[at + 1..];
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            match rest[..digits].parse::<usize>() {
+                Ok(n) => self.sql.push_str(&(n + offset).to_string()),
+                Err(_) => self.sql.push_str(&rest[..digits]),
+            }
+            rest = &rest[digits..];
+        }
+        self.sql.push_str(rest);
+        self.binds.extend(binds);
+        self.statements += 1;
+        self
+    }
+
+    /// Runs the statements in order; the result of each, in order. An error
+    /// means that a statement failed, and none after it ran.
+    pub async fn run(self, conn: &mut sqlx::AnyConnection) -> Result<Vec<ScriptResult>> {
+        use futures_util::StreamExt;
+        let mut results = Vec::with_capacity(self.statements);
+        let mut current = ScriptResult::default();
+        let query = bind_all(sqlx::query(&self.sql), self.binds);
+        let mut stream = conn.fetch_many(query);
+        while let Some(item) = stream.next().await {
+            match item? {
+                sqlx::Either::Right(row) => current.rows.push(row),
+                sqlx::Either::Left(done) => {
+                    current.changes = done.rows_affected();
+                    results.push(std::mem::take(&mut current));
+                }
+            }
+        }
+        if results.len() != self.statements {
+            return Err(Error::internal(format!(
+                "a script of {} statements returned {} results",
+                self.statements,
+                results.len()
+            )));
+        }
+        Ok(results)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::{Connection, Row};
+
+    async fn memory() -> sqlx::AnyConnection {
+        sqlx::any::install_default_drivers();
+        sqlx::AnyConnection::connect("sqlite::memory:")
+            .await
+            .unwrap()
+    }
+
+    #[test]
+    fn a_script_numbers_each_statements_values_after_those_before() {
+        let mut s = Script::default();
+        s.push(
+            "INSERT INTO t VALUES ($1, $2)",
+            [Bind::Int(1), Bind::Int(2)],
+        )
+        .push("SELECT json_extract(x, '$.a'), $2, $1, $10 FROM t", [])
+        .push("UPDATE t SET a = $1", [Bind::Int(3)]);
+        assert_eq!(
+            s.sql,
+            "INSERT INTO t VALUES ($1, $2);\nSELECT json_extract(x, '$.a'), $4, $3, $12 FROM t;\nUPDATE t SET a = $3"
+        );
+        assert_eq!(s.binds.len(), 3);
+        assert_eq!(s.statements, 3);
+    }
+
+    #[tokio::test]
+    async fn a_script_runs_in_order_and_answers_each_statement() {
+        let mut c = memory().await;
+        let mut s = Script::default();
+        s.push("CREATE TABLE t (a INTEGER, b TEXT)", [])
+            .push(
+                "INSERT INTO t VALUES ($1, $2), ($1 + 1, $2)",
+                [Bind::Int(1), Bind::Text("x".into())],
+            )
+            .push(
+                "INSERT INTO t VALUES ($2, $1)",
+                [Bind::Text("y".into()), Bind::Int(7)],
+            )
+            .push("SELECT a, b FROM t WHERE a > $1 ORDER BY a", [Bind::Int(1)]);
+        let results = s.run(&mut c).await.unwrap();
+        assert_eq!(results.len(), 4);
+        assert_eq!(results[1].changes, 2);
+        assert_eq!(results[2].changes, 1);
+        let rows: Vec<(i64, String)> = results[3]
+            .rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(rows, [(2, "x".to_owned()), (7, "y".to_owned())]);
+    }
+
+    #[tokio::test]
+    async fn a_script_stops_at_the_statement_that_fails() {
+        let mut c = memory().await;
+        sqlx::query("CREATE TABLE t (a INTEGER PRIMARY KEY)")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        let mut s = Script::default();
+        s.push("INSERT INTO t VALUES ($1)", [Bind::Int(1)])
+            .push("INSERT INTO t VALUES ($1)", [Bind::Int(1)])
+            .push("INSERT INTO t VALUES ($1)", [Bind::Int(2)]);
+        assert!(s.run(&mut c).await.is_err());
+        let rows: Vec<i64> = sqlx::query_scalar("SELECT a FROM t")
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(rows, [1], "the statement after the failing one did not run");
+    }
+
+    #[tokio::test]
+    async fn writes_that_change_other_rows_than_expected_are_refused() {
+        let mut c = memory().await;
+        sqlx::query("CREATE TABLE t (a INTEGER)")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        let write = |sql, changes| Write {
+            statement: Statement { sql, binds: vec![] },
+            changes: Some(changes),
+            what: "t",
+        };
+        Store::run_writes(
+            &mut c,
+            vec![
+                write("INSERT INTO t VALUES (1), (2)", 2),
+                write("UPDATE t SET a = 3", 2),
+            ],
+        )
+        .await
+        .unwrap();
+        let e = Store::run_writes(&mut c, vec![write("UPDATE t SET a = 4 WHERE a = 1", 1)])
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("t: 0 rows changed, 1 expected"),
+            "{e}"
+        );
     }
 }

@@ -6,7 +6,7 @@ use sqlx::AnyConnection;
 
 use super::consent::{consent_from_row, ConsentRow};
 use super::licenses::{license_from_row, LicenseRow};
-use super::{col, Store};
+use super::{col, Bind, Statement, Store, Write};
 use crate::error::{Error, Result};
 
 /// The status a notification `n` is queued with, decided in the statement
@@ -170,7 +170,13 @@ impl Store {
         if rows.is_empty() {
             return Ok(());
         }
-        let sql = if conn.backend_name().eq_ignore_ascii_case("sqlite") {
+        let write = Self::notifications_write(super::is_sqlite(conn), rows)?;
+        Self::run_writes(conn, vec![write]).await
+    }
+
+    /// The statement of [`Store::insert_notifications_in`].
+    pub fn notifications_write(sqlite: bool, rows: &[&NotificationRow]) -> Result<Write> {
+        let sql = if sqlite {
             concat!(
                 "WITH n AS (SELECT key, value ->> 0 AS id, value ->> 1 AS recipient_kind, value ->> 2 AS recipient_id,
                                    value ->> 3 AS kind, value ->> 4 AS payload, value ->> 5 AS status, value ->> 6 AS created_at
@@ -211,12 +217,16 @@ impl Store {
                 ]
             })
             .collect();
-        let values = serde_json::to_string(&values).map_err(Error::internal)?;
-        let done = sqlx::query(sql).bind(values).execute(&mut *conn).await?;
-        if done.rows_affected() != rows.len() as u64 {
-            return Err(Error::internal("the notifications were not queued whole"));
-        }
-        Ok(())
+        Ok(Write {
+            statement: Statement {
+                sql,
+                binds: vec![Bind::Text(
+                    serde_json::to_string(&values).map_err(Error::internal)?,
+                )],
+            },
+            changes: Some(rows.len() as u64),
+            what: "the notifications were not queued whole",
+        })
     }
 
     /// Queues a scheduled notification unless one with `dedupe_key` exists;
