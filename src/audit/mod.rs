@@ -1258,4 +1258,64 @@ mod tests {
             assert_eq!(unhex32(&t), None, "{bad:?}");
         }
     }
+
+    fn pending(guard: Option<Guarded>) -> Pending {
+        Pending {
+            events: Vec::new(),
+            guard,
+            done: oneshot::channel().0,
+        }
+    }
+
+    fn spend(consent: &str, jti: Option<&str>) -> Pending {
+        pending(Some(Guarded::new(Guard::Spend {
+            consent_id: consent.into(),
+            now_unix: 0,
+            expect: jti.map(|j| Expected {
+                jti: j.into(),
+                generations: Default::default(),
+            }),
+        })))
+    }
+
+    fn statement() -> crate::store::Statement {
+        crate::store::Statement {
+            sql: "UPDATE t SET a = 1",
+            binds: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_budgets_read_first_are_those_of_the_spends_before_any_other_change() {
+        let changes = pending(Some(Guarded::new(Guard::Changes(statement()))));
+        let mut then = Guarded::new(Guard::Always);
+        then.then.push(statement());
+        let batch = [
+            spend("c2", Some("t1")),
+            pending(None),
+            spend("c1", None),
+            pending(Some(Guarded::new(Guard::Always))),
+            spend("c2", Some("t1")),
+            // Decided after this change: read again then.
+            changes,
+            spend("c3", Some("t2")),
+        ];
+        assert_eq!(
+            first_spends(&batch),
+            (vec!["c1", "c2"], vec!["t1"]),
+            "sorted, without repeats, up to the first guarded change"
+        );
+        // A change with statements of its own decides the spends before it too.
+        let batch = [pending(Some(then)), spend("c1", Some("t1"))];
+        assert_eq!(first_spends(&batch), (vec![], vec![]));
+        // Spends whose own guard has statements are decided with the others.
+        let mut with_then = Guarded::new(Guard::Spend {
+            consent_id: "c1".into(),
+            now_unix: 0,
+            expect: None,
+        });
+        with_then.then.push(statement());
+        let batch = [pending(Some(with_then)), spend("c2", None)];
+        assert_eq!(first_spends(&batch), (vec!["c1", "c2"], vec![]));
+    }
 }
