@@ -512,6 +512,14 @@ async fn operability_routes() {
         "{metrics}"
     );
     assert!(metrics.contains("licensegate_audit_batch_records_bucket"));
+    // With the time each of those group commits took.
+    let commits: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("licensegate_audit_commit_seconds_count "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no commit count in {metrics}"));
+    assert!(commits >= 1.0, "{metrics}");
+    assert!(metrics.contains("licensegate_audit_commit_seconds_bucket{le=\"0.0001\"}"));
 
     // The OpenAPI document covers every route the server answers.
     let doc: Value = s
