@@ -930,21 +930,38 @@ impl Drop for ManualTransaction {
 }
 
 /// The consents and token ids of the batch's spends that are decided first
-/// (those before any other guarded change), sorted and without repeats.
+/// (those before any guarded change that decides them), as
+/// [`decide_spends`] reads them.
 fn first_spends(batch: &[Pending]) -> (Vec<&str>, Vec<&str>) {
+    spend_keys(
+        batch
+            .iter()
+            .filter_map(|p| p.guard.as_ref())
+            .take_while(|g| matches!(g.guard, Guard::Spend { .. }) || !decides_spends_before(g))
+            .filter_map(|g| match &g.guard {
+                Guard::Spend {
+                    consent_id, expect, ..
+                } => Some((consent_id.as_str(), expect.as_ref())),
+                _ => None,
+            }),
+    )
+}
+
+/// Whether a guarded change (not a spend) has the spends queued before it
+/// decided first: it might change their consents.
+fn decides_spends_before(g: &Guarded) -> bool {
+    matches!(g.guard, Guard::Changes(_)) || !g.then.is_empty()
+}
+
+/// The consents and the ids of the tokens that went by an earlier read of
+/// these spends, sorted and without repeats.
+fn spend_keys<'a>(
+    spends: impl Iterator<Item = (&'a str, Option<&'a Expected>)>,
+) -> (Vec<&'a str>, Vec<&'a str>) {
     let (mut ids, mut jtis) = (Vec::new(), Vec::new());
-    for g in batch.iter().filter_map(|p| p.guard.as_ref()) {
-        let Guard::Spend {
-            consent_id, expect, ..
-        } = &g.guard
-        else {
-            if matches!(g.guard, Guard::Changes(_)) || !g.then.is_empty() {
-                break;
-            }
-            continue;
-        };
-        ids.push(consent_id.as_str());
-        jtis.extend(expect.as_ref().map(|e| e.jti.as_str()));
+    for (consent, expect) in spends {
+        ids.push(consent);
+        jtis.extend(expect.map(|e| e.jti.as_str()));
     }
     for v in [&mut ids, &mut jtis] {
         v.sort_unstable();
@@ -992,7 +1009,7 @@ async fn apply_batch(
             });
             continue;
         }
-        if matches!(g.guard, Guard::Changes(_)) || !g.then.is_empty() {
+        if decides_spends_before(g) {
             let writes = decide_spends(tx, batch, &mut spends, &mut decisions, read.take()).await?;
             Store::run_writes(tx, writes).await?;
         }
@@ -1068,15 +1085,7 @@ async fn decide_spends(
     if spends.is_empty() {
         return Ok(Vec::new());
     }
-    let mut ids: Vec<&str> = spends.iter().map(|s| s.consent).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let mut jtis: Vec<&str> = spends
-        .iter()
-        .filter_map(|s| s.expect.map(|e| e.jti.as_str()))
-        .collect();
-    jtis.sort_unstable();
-    jtis.dedup();
+    let (ids, jtis) = spend_keys(spends.iter().map(|s| (s.consent, s.expect)));
     let budgets = match read {
         Some(r) if r.ids == ids && r.jtis == jtis => r.budgets,
         _ => Store::lock_budgets_in(tx, &ids, &jtis).await?,

@@ -658,6 +658,16 @@ mod tests {
             .unwrap()
     }
 
+    /// The same with the table `t` of these columns.
+    async fn memory_with_t(columns: &str) -> sqlx::AnyConnection {
+        let mut c = memory().await;
+        sqlx::query(&format!("CREATE TABLE t ({columns})"))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        c
+    }
+
     #[test]
     fn a_script_numbers_each_statements_values_after_those_before() {
         let mut s = Script::default();
@@ -703,11 +713,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_script_stops_at_the_statement_that_fails() {
-        let mut c = memory().await;
-        sqlx::query("CREATE TABLE t (a INTEGER PRIMARY KEY)")
-            .execute(&mut c)
-            .await
-            .unwrap();
+        let mut c = memory_with_t("a INTEGER PRIMARY KEY").await;
         let mut s = Script::default();
         s.push("INSERT INTO t VALUES ($1)", [Bind::Int(1)])
             .push("INSERT INTO t VALUES ($1)", [Bind::Int(1)])
@@ -722,11 +728,7 @@ mod tests {
 
     #[tokio::test]
     async fn writes_that_change_other_rows_than_expected_are_refused() {
-        let mut c = memory().await;
-        sqlx::query("CREATE TABLE t (a INTEGER)")
-            .execute(&mut c)
-            .await
-            .unwrap();
+        let mut c = memory_with_t("a INTEGER").await;
         let write = |sql, changes| Write {
             statement: Statement { sql, binds: vec![] },
             changes: Some(changes),
