@@ -536,30 +536,36 @@ impl Store {
     /// each changed: on SQLite in one call to the connection's thread (see
     /// [`Script`]), on PostgreSQL one by one.
     pub async fn run_writes(conn: &mut sqlx::AnyConnection, writes: Vec<Write>) -> Result<()> {
+        // The values are moved into the query, not copied: the records of a
+        // group commit travel as one large JSON text.
         if !is_sqlite(conn) {
             for w in writes {
-                let n = Self::execute_in(conn, &w.statement).await?;
-                check_changes(&w, n)?;
+                let n = bind_all(sqlx::query(w.statement.sql), w.statement.binds)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+                check_changes(w.changes, w.what, n)?;
             }
             return Ok(());
         }
         let mut script = Script::default();
-        for w in &writes {
-            script.push(w.statement.sql, w.statement.binds.iter().cloned());
+        let mut checks = Vec::with_capacity(writes.len());
+        for w in writes {
+            script.push(w.statement.sql, w.statement.binds);
+            checks.push((w.changes, w.what));
         }
         let results = script.run(conn).await?;
-        for (w, r) in writes.iter().zip(&results) {
-            check_changes(w, r.changes)?;
+        for ((changes, what), r) in checks.into_iter().zip(&results) {
+            check_changes(changes, what, r.changes)?;
         }
         Ok(())
     }
 }
 
-fn check_changes(w: &Write, n: u64) -> Result<()> {
-    match w.changes {
+fn check_changes(expected: Option<u64>, what: &str, n: u64) -> Result<()> {
+    match expected {
         Some(expected) if expected != n => Err(Error::internal(format!(
-            "{}: {n} rows changed, {expected} expected",
-            w.what
+            "{what}: {n} rows changed, {expected} expected"
         ))),
         _ => Ok(()),
     }
