@@ -105,14 +105,14 @@ pub fn queue(
     recipient_kind: &str,
     recipient_id: &str,
     kind: &str,
-    payload: &Value,
+    payload: &impl serde::Serialize,
 ) -> Result<NotificationRow> {
     Ok(NotificationRow {
         id: ntf_id()?,
         recipient_kind: recipient_kind.to_owned(),
         recipient_id: recipient_id.to_owned(),
         kind: kind.to_owned(),
-        payload: payload.to_string(),
+        payload: serde_json::to_string(payload).map_err(Error::internal)?,
         status: "queued".to_owned(),
         created_at: timestamp(now()),
     })

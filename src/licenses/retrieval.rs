@@ -220,7 +220,8 @@ pub struct RetrievedLicense {
 }
 
 /// The license a consent covers under `identifier` (any version's identifier
-/// or the base id); otherwise 404 without saying whether it exists.
+/// or the base id); otherwise 404 without saying whether it exists. An
+/// identifier given as the consent has it matches without being parsed again.
 fn covered<'g>(a: &'g ConsentAccess, identifier: &str) -> Result<(&'g GrantedAccess, String)> {
     let not_covered = || Error::NotFound("no license of this consent has this identifier".into());
     let base = license_base(identifier).map_err(|_| not_covered())?;
@@ -229,7 +230,7 @@ fn covered<'g>(a: &'g ConsentAccess, identifier: &str) -> Result<(&'g GrantedAcc
         .find(|g| {
             g.licenses
                 .iter()
-                .any(|l| license_base(l).is_ok_and(|b| b == base))
+                .any(|l| l == identifier || license_base(l).is_ok_and(|b| b == base))
         })
         .map(|g| (g, base))
         .ok_or_else(not_covered)
@@ -382,10 +383,15 @@ async fn retrieve_under(
         .license(&version.identifier)
         .license_type(&license.license_type)
         .reason("retrieval refused: the consent's budget is spent or it has ended");
-    let notice = json!({
-        "entity": a.claims.client_id, "license": version.identifier, "license_type": license.license_type,
-        "fields": field_list, "purpose": a.consent.purpose, "consent": a.consent.id, "at": at,
-    });
+    let notice = RetrievalNotice {
+        entity: &a.claims.client_id,
+        license: &version.identifier,
+        license_type: &license.license_type,
+        fields: &field_list,
+        purpose: &a.consent.purpose,
+        consent: &a.consent.id,
+        at: &at,
+    };
     let appended = services
         .audit
         .record_guarded(
@@ -425,26 +431,30 @@ async fn retrieve_under(
         .ok_or_else(|| Error::internal("no sequence number for a retrieval"))?;
     let until = unix_to_rfc3339(a.consent.expires_at);
     let base_url = services.config.public_url.trim_end_matches('/');
-    let receipt_claims = json!({
-        "iss": base_url,
-        "jti": random_token(12)?,
-        "iat": t.unix_timestamp(),
-        "audit_seq": seq,
-        "consent": a.consent.id,
-        "entity": a.claims.client_id,
-        "purpose": a.consent.purpose,
-        "usable_until": until,
-        "license": {
-            "identifier": version.identifier, "type": license.license_type, "issuer": license.issuer_id,
-            "status": status, "valid_from": license.valid_from, "valid_until": license.valid_until,
+    let (entity, purpose) = (a.claims.client_id.as_str(), a.consent.purpose.as_str());
+    let receipt_claims = ReceiptClaims {
+        iss: base_url,
+        jti: random_token(12)?,
+        iat: t.unix_timestamp(),
+        audit_seq: seq,
+        consent: &a.consent.id,
+        entity,
+        purpose,
+        usable_until: &until,
+        license: ReceiptLicense {
+            identifier: &version.identifier,
+            license_type: &license.license_type,
+            issuer: &license.issuer_id,
+            status,
+            valid_from: &license.valid_from,
+            valid_until: license.valid_until.as_deref(),
         },
-        "fields": field_list,
-        "sd_hash": b64url(sha256(&sd_jwt)),
-        "annotation": format!(
-            "仅供 {} 用于 {}，有效期至 {}；他用无效。Only for {} for the purpose {}, until {}; void for any other use.",
-            a.claims.client_id, a.consent.purpose, until, a.claims.client_id, a.consent.purpose, until
+        fields: &field_list,
+        sd_hash: b64url(sha256(&sd_jwt)),
+        annotation: format!(
+            "仅供 {entity} 用于 {purpose}，有效期至 {until}；他用无效。Only for {entity} for the purpose {purpose}, until {until}; void for any other use."
         ),
-    });
+    };
     let receipt = services
         .keys
         .active(BROKER)
@@ -463,6 +473,49 @@ async fn retrieve_under(
         audit_seq: seq,
         receipt,
     })))
+}
+
+/// The holder's notice of a retrieval (notification `license.retrieved`).
+#[derive(Serialize)]
+struct RetrievalNotice<'a> {
+    entity: &'a str,
+    license: &'a str,
+    license_type: &'a str,
+    fields: &'a [&'a str],
+    purpose: &'a str,
+    consent: &'a str,
+    at: &'a str,
+}
+
+/// The claims of a retrieval receipt (JWS `retrieval-receipt+jwt`), the
+/// annotated copy: written straight from the retrieval's values, in this
+/// order.
+#[derive(Serialize)]
+struct ReceiptClaims<'a> {
+    iss: &'a str,
+    jti: String,
+    iat: i64,
+    audit_seq: i64,
+    consent: &'a str,
+    entity: &'a str,
+    purpose: &'a str,
+    usable_until: &'a str,
+    license: ReceiptLicense<'a>,
+    fields: &'a [&'a str],
+    sd_hash: String,
+    annotation: String,
+}
+
+/// The license a receipt is about.
+#[derive(Serialize)]
+struct ReceiptLicense<'a> {
+    identifier: &'a str,
+    #[serde(rename = "type")]
+    license_type: &'a str,
+    issuer: &'a str,
+    status: LicenseStatus,
+    valid_from: &'a str,
+    valid_until: Option<&'a str>,
 }
 
 /// What an entity holds and wants verified.
