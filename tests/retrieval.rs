@@ -5,6 +5,8 @@
 
 mod common;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use common::flows::*;
 use common::*;
 use serde_json::{json, Value};
@@ -133,6 +135,68 @@ async fn retrieval_serves_only_what_was_consented_and_proves_it() {
     assert_eq!(r["entity"], id);
     assert_eq!(r["purpose"], "account_opening");
     assert!(r["annotation"].as_str().unwrap().contains("他用无效"));
+    // Every claim of the receipt, from the retrieval's own values.
+    let mut claims: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
+    claims.sort_unstable();
+    assert_eq!(
+        claims,
+        [
+            "annotation",
+            "audit_seq",
+            "consent",
+            "entity",
+            "fields",
+            "iat",
+            "iss",
+            "jti",
+            "license",
+            "purpose",
+            "sd_hash",
+            "usable_until"
+        ]
+    );
+    assert!(r["iat"].is_i64() && r["jti"].as_str().is_some_and(|j| j.len() >= 16));
+    assert_eq!(r["usable_until"], covered["expires_at"]);
+    assert_eq!(r["fields"], json!(["name", "id_number"]));
+    assert_eq!(
+        r["license"],
+        json!({
+            "identifier": got["identifier"], "type": got["license_type"], "issuer": got["issuer"],
+            "status": "valid", "valid_from": got["valid_from"], "valid_until": got["valid_until"],
+        })
+    );
+    let sd_jwt = got["sd_jwt"].as_str().unwrap();
+    let sd_hash = ring::digest::digest(&ring::digest::SHA256, sd_jwt.as_bytes());
+    assert_eq!(r["sd_hash"], URL_SAFE_NO_PAD.encode(sd_hash.as_ref()));
+    let until = covered["expires_at"].as_str().unwrap();
+    assert_eq!(
+        r["annotation"],
+        format!(
+            "仅供 {id} 用于 account_opening，有效期至 {until}；他用无效。Only for {id} for the purpose account_opening, until {until}; void for any other use."
+        )
+    );
+    // The holder's notice of this read names the same.
+    let notice =
+        w.s.services
+            .store
+            .notifications_of("holder", jwt_part(&token, 1)["sub"].as_str().unwrap())
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|n| n.kind == "license.retrieved")
+            .unwrap();
+    let notice: Value = serde_json::from_str(&notice.payload).unwrap();
+    assert_eq!(
+        notice,
+        json!({
+            "entity": id, "license": got["identifier"], "license_type": got["license_type"],
+            "fields": ["name", "id_number"], "purpose": "account_opening", "consent": r["consent"],
+            "at": notice["at"],
+        })
+    );
+    assert!(notice["at"]
+        .as_str()
+        .is_some_and(|t| t.len() == 27 && t.ends_with('Z')));
     let seq = got["audit_seq"].as_i64().unwrap();
     let rec = w.s.services.store.audit_range(seq - 1, seq).await.unwrap();
     assert_eq!(rec[0].action, "license.retrieved");
