@@ -36,7 +36,7 @@ if ! command -v valgrind >/dev/null 2>&1; then
 fi
 
 if [[ -z "$BIN" ]]; then
-  BIN=$(cargo bench --bench consent --no-run --message-format=json 2>/dev/null |
+  BIN=$(cargo bench --bench consent --no-run --message-format=json |
     python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
