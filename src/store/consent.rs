@@ -752,7 +752,8 @@ impl Store {
     /// endpoint store theirs in the group commit of their record).
     pub async fn insert_refresh(&self, digest: &[u8], r: &RefreshRow, now: &str) -> Result<()> {
         let mut conn = self.writer().acquire().await?;
-        Self::execute_in(&mut conn, &Self::insert_refresh_statement(digest, r, now)).await?;
+        let s = Self::insert_refresh_statement(digest, r, now);
+        Self::execute_values(&mut conn, s.sql, s.binds).await?;
         Ok(())
     }
 

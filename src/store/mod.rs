@@ -558,7 +558,16 @@ impl Store {
     /// Runs a statement on a connection inside the caller's transaction;
     /// returns the number of rows it changed.
     pub async fn execute_in(conn: &mut sqlx::AnyConnection, s: &Statement) -> Result<u64> {
-        Ok(bind_all(sqlx::query(s.sql), s.binds.iter().cloned())
+        Self::execute_values(conn, s.sql, s.binds.iter().cloned()).await
+    }
+
+    /// [`Store::execute_in`] with the values moved into the query.
+    async fn execute_values(
+        conn: &mut sqlx::AnyConnection,
+        sql: &'static str,
+        binds: impl IntoIterator<Item = Bind>,
+    ) -> Result<u64> {
+        Ok(bind_all(sqlx::query(sql), binds)
             .execute(&mut *conn)
             .await?
             .rows_affected())
@@ -572,10 +581,7 @@ impl Store {
         // group commit travel as one large JSON text.
         if !is_sqlite(conn) {
             for w in writes {
-                let n = bind_all(sqlx::query(w.statement.sql), w.statement.binds)
-                    .execute(&mut *conn)
-                    .await?
-                    .rows_affected();
+                let n = Self::execute_values(conn, w.statement.sql, w.statement.binds).await?;
                 check_changes(w.changes, w.what, n)?;
             }
             return Ok(());
