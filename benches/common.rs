@@ -439,11 +439,13 @@ async fn paced_run(
 
 /// The audit writer's totals, read from the server's metrics
 /// (`licensegate_audit_commit_seconds`, `licensegate_audit_batch_records`).
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct WriterTotals {
     commits: f64,
     seconds: f64,
     callers: f64,
+    /// The commit-time histogram: (upper bound in seconds, commits at most that long).
+    buckets: Vec<(f64, f64)>,
 }
 
 impl WriterTotals {
@@ -458,6 +460,14 @@ impl WriterTotals {
             commits: value("licensegate_audit_commit_seconds_count"),
             seconds: value("licensegate_audit_commit_seconds_sum"),
             callers: value("licensegate_audit_batch_records_sum"),
+            buckets: text
+                .lines()
+                .filter_map(|l| {
+                    let rest = l.strip_prefix("licensegate_audit_commit_seconds_bucket{le=\"")?;
+                    let (le, count) = rest.split_once("\"} ")?;
+                    Some((le.parse().ok()?, count.parse().ok()?))
+                })
+                .collect(),
         }
     }
 
@@ -474,6 +484,33 @@ impl WriterTotals {
             (self.callers - before.callers) / commits,
             busy * 1e3 / commits,
             busy * 1e3 / seconds
+        );
+        // How the commits' times spread: the writer's slow commits hold back
+        // every read waiting for them, so they show apart from the CPU's queue.
+        let spread: Vec<String> = self
+            .buckets
+            .iter()
+            .zip(&before.buckets)
+            .filter(|((le, _), _)| [8.0, 16.0, 32.0, 64.0].contains(&(le * 1e4).round()))
+            .map(|((le, now), (_, then))| {
+                format!(
+                    "{:.1}% over {} ms",
+                    100.0 * (1.0 - (now - then) / commits),
+                    le * 1e3
+                )
+            })
+            .collect();
+        let slowest = self
+            .buckets
+            .iter()
+            .zip(&before.buckets)
+            .find(|((le, now), (_, then))| le.is_finite() && now - then >= commits)
+            .map_or("over 0.8 s".to_owned(), |((le, _), _)| {
+                format!("at most {} ms", le * 1e3)
+            });
+        println!(
+            "  commit times: {}; the slowest {slowest}",
+            spread.join(", ")
         );
     }
 }
