@@ -21,7 +21,9 @@
 //!
 //!     cargo bench --bench consent [-- REQUESTS [CONCURRENCY] [codes|refreshes|retrievals]...]
 //!
-//! Named phases run alone (all three when none is named).
+//! Named phases run alone (all three when none is named). The server runs
+//! on as many request threads as the binary's default (one per core), or
+//! LICENSEGATE_WORKER_THREADS.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,8 +45,23 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const VERIFIER: &str = "bench-verifier-0123456789-0123456789-0123456789";
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // As many request threads as the server binary runs (src/main.rs), unless
+    // LICENSEGATE_WORKER_THREADS says otherwise.
+    let workers = std::env::var("LICENSEGATE_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(licensegate::config::default_worker_threads);
+    println!("{workers} request threads");
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(run());
+}
+
+async fn run() {
     let (numbers, phases): (Vec<String>, Vec<String>) = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")
