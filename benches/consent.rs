@@ -53,10 +53,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(licensegate::config::default_worker_threads);
     println!("{workers} request threads");
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
+    licensegate::app::runtime(workers)
         .expect("runtime")
         .block_on(run());
 }

@@ -307,6 +307,16 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown requested; finishing in-flight requests");
 }
 
+/// The runtime that serves requests, on `worker_threads` threads
+/// ([`Config::worker_threads`](crate::Config)); the benchmarks run the
+/// server on the same.
+pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads)
+        .enable_all()
+        .build()
+}
+
 /// Periodic housekeeping: sign audit checkpoints, and forget client-assertion
 /// ids that can no longer be replayed.
 async fn maintenance(services: AppState) {

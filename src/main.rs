@@ -151,11 +151,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.worker_threads)
-        .enable_all()
-        .build()
-    {
+    let runtime = match licensegate::app::runtime(config.worker_threads) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("licensegate: cannot start the runtime: {e}");
