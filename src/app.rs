@@ -106,7 +106,7 @@ impl App {
         }
         let limits = Arc::new(crate::limits::RateLimits::new(&config));
         let metrics = Metrics::default();
-        let audit = AuditLog::start(store.clone(), &metrics);
+        let audit = AuditLog::start(store.clone(), &metrics)?;
         let services = Services {
             library: Library::new(
                 store.clone(),

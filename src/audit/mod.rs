@@ -707,7 +707,27 @@ struct Pending {
 /// Largest number of records committed in one transaction.
 pub const MAX_BATCH: usize = 1024;
 
-/// Most times the writer yields for a batch to fill up to the last one's size.
+/// How the writer lets a batch fill up to the last one's size before it
+/// commits (under steady load about as many callers come back with their next
+/// record as the last commit answered).
+#[derive(Clone, Copy)]
+enum Linger {
+    /// On a thread of its own (SQLite): gives its core to the request threads
+    /// (`sched_yield`) until the batch is as large as the last one, for at
+    /// most this long. An idle log commits at once (the last batch was one).
+    Yield(std::time::Duration),
+    /// On the request runtime (PostgreSQL): yields this many times to the
+    /// tasks queued on its worker. No timer: an idle log commits at once.
+    Tasks(usize),
+}
+
+/// The writer's linger on its own thread: measured on 2 cores at 10,000
+/// retrievals/s offered, 100, 200 and 400 µs gave about the same latency
+/// (p50 2.3-4.2 ms); 200 µs is less than a commit's time.
+const LINGER_ON_THREAD: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// How many times the writer yields to the runtime's other tasks for a batch
+/// to fill up.
 const LINGER_YIELDS: usize = 16;
 
 /// The audit log service: durable appends with group commit.
@@ -717,8 +737,19 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    /// Starts the writer task.
-    pub fn start(store: Store, metrics: &crate::telemetry::Metrics) -> Arc<Self> {
+    /// Starts the writer: on SQLite on a thread of its own, on PostgreSQL as
+    /// a task of the current runtime.
+    ///
+    /// A SQLite commit is three calls to the connection's own thread (see
+    /// [`commit_batch_sqlite`]), and the writer runs between them. As a task
+    /// of the request runtime it waited, at each of those steps, behind the
+    /// requests queued on its worker, and held the log that much longer: on
+    /// 2 cores at 10,000 retrievals/s offered, 1.57-1.72 ms per commit and a
+    /// p50 of 5.0-6.3 ms, against 0.80-0.95 ms per commit and a p50 of
+    /// 2.3-3.9 ms on a thread of its own (woken by the kernel as soon as its
+    /// call returns). A PostgreSQL connection's socket is driven by the
+    /// runtime that opened it, so there the writer stays a task.
+    pub fn start(store: Store, metrics: &crate::telemetry::Metrics) -> Result<Arc<Self>> {
         let (tx, rx) = mpsc::channel(MAX_BATCH * 8);
         let counters = WriterMetrics {
             records: metrics.audit_records.clone(),
@@ -726,8 +757,27 @@ impl AuditLog {
             failures: metrics.audit_failures.clone(),
             commit: metrics.audit_commit.clone(),
         };
-        tokio::spawn(writer(store.clone(), rx, counters));
-        Arc::new(AuditLog { queue: tx, store })
+        if store.backend() == Backend::Sqlite {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::internal(format!("the audit writer's runtime: {e}")))?;
+            let s = store.clone();
+            std::thread::Builder::new()
+                .name("audit-writer".into())
+                .spawn(move || {
+                    runtime.block_on(writer(s, rx, counters, Linger::Yield(LINGER_ON_THREAD)))
+                })
+                .map_err(|e| Error::internal(format!("the audit writer's thread: {e}")))?;
+        } else {
+            tokio::spawn(writer(
+                store.clone(),
+                rx,
+                counters,
+                Linger::Tasks(LINGER_YIELDS),
+            ));
+        }
+        Ok(Arc::new(AuditLog { queue: tx, store }))
     }
 
     async fn submit(&self, events: Vec<AuditEvent>, guard: Option<Guarded>) -> Result<Appended> {
@@ -794,7 +844,24 @@ struct WriterMetrics {
     commit: prometheus_client::metrics::histogram::Histogram,
 }
 
-async fn writer(store: Store, mut rx: mpsc::Receiver<Pending>, metrics: WriterMetrics) {
+/// Takes what has queued, up to [`MAX_BATCH`]; whether the batch is as large
+/// as `target`.
+fn take_queued(rx: &mut mpsc::Receiver<Pending>, batch: &mut Vec<Pending>, target: usize) -> bool {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(p) => batch.push(p),
+            Err(_) => break,
+        }
+    }
+    batch.len() >= target
+}
+
+async fn writer(
+    store: Store,
+    mut rx: mpsc::Receiver<Pending>,
+    metrics: WriterMetrics,
+    linger: Linger,
+) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     // How many callers the last commit answered: under steady load about as
     // many come back with their next record.
@@ -803,18 +870,23 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Pending>, metrics: WriterMe
         batch.push(first);
         // Let the callers that were just answered queue their next record, so
         // batches fill up under load instead of committing stragglers alone
-        // (and the rest in the next commit, a whole fsync later). A few
-        // yields, no timer: an idle log commits at once.
-        for _ in 0..LINGER_YIELDS {
-            tokio::task::yield_now().await;
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
+        // (and the rest in the next commit, a whole fsync later).
+        match linger {
+            Linger::Yield(most) => {
+                let until = std::time::Instant::now() + most;
+                while !take_queued(&mut rx, &mut batch, last_batch)
+                    && std::time::Instant::now() < until
+                {
+                    std::thread::yield_now();
                 }
             }
-            if batch.len() >= last_batch {
-                break;
+            Linger::Tasks(n) => {
+                for _ in 0..n {
+                    tokio::task::yield_now().await;
+                    if take_queued(&mut rx, &mut batch, last_batch) {
+                        break;
+                    }
+                }
             }
         }
         last_batch = batch.len();
