@@ -47,11 +47,19 @@ const VERIFIER: &str = "bench-verifier-0123456789-0123456789-0123456789";
 
 fn main() {
     // As many request threads as the server binary runs (src/main.rs), unless
-    // LICENSEGATE_WORKER_THREADS says otherwise.
-    let workers = std::env::var("LICENSEGATE_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(licensegate::config::default_worker_threads);
+    // LICENSEGATE_WORKER_THREADS says otherwise, within the same bounds: the
+    // setting goes through the server's own rule.
+    let workers = Config::resolve(
+        Settings {
+            worker_threads: std::env::var("LICENSEGATE_WORKER_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok()),
+            ..Default::default()
+        },
+        Settings::default(),
+    )
+    .expect("config")
+    .worker_threads;
     println!("{workers} request threads");
     licensegate::app::runtime(workers)
         .expect("runtime")
