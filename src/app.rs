@@ -214,6 +214,9 @@ impl App {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
         let router = self.router();
+        // Nonces for the signatures start being made in idle time now, so
+        // that the first requests find them ready (src/keys/nonces.rs).
+        crate::keys::nonces::pool();
         // A published policy set wins over this node's files from the start.
         sync_policies(&self.services).await?;
         let policy_sync = tokio::spawn(policy_sync(self.services.clone()));
