@@ -374,4 +374,8 @@ end
         println!("  slowest 100 ms windows: {}", worst.join("; "));
         writer.report_since(&before, seconds as f64);
     }
+    println!(
+        "signatures that found no Ed25519 nonce made ahead: {} in all (src/keys/nonces.rs)",
+        licensegate::keys::nonces::pool().missed()
+    );
 }

@@ -565,7 +565,10 @@ mod tests {
             );
         }
         assert_eq!(seen.len(), 200);
+        // The take that ended the loop, and one more.
+        assert_eq!(pool.missed(), 1);
         assert!(pool.take().is_none());
+        assert_eq!(pool.missed(), 2);
     }
 
     /// The process's pool is filled by its own thread, at the idle policy,

@@ -58,6 +58,16 @@ impl Nonce {
     }
 }
 
+impl Nonce {
+    /// A copy, for the pool (the original is wiped when dropped).
+    fn copy(&self) -> Nonce {
+        Nonce {
+            r: self.r,
+            big_r: self.big_r,
+        }
+    }
+}
+
 impl Drop for Nonce {
     fn drop(&mut self) {
         self.r.zeroize();
@@ -69,6 +79,8 @@ pub struct Nonces {
     ready: Mutex<Vec<Nonce>>,
     capacity: usize,
     counter: AtomicU64,
+    /// Signatures that found the pool empty.
+    missed: AtomicU64,
     filler: OnceLock<std::thread::Thread>,
 }
 
@@ -89,6 +101,7 @@ impl Nonces {
             ready: Mutex::new(Vec::with_capacity(capacity)),
             capacity,
             counter: AtomicU64::new(0),
+            missed: AtomicU64::new(0),
             filler: OnceLock::new(),
         }
     }
@@ -98,7 +111,10 @@ impl Nonces {
     pub fn take(&self) -> Option<Nonce> {
         let (nonce, left) = {
             let mut ready = self.ready.lock().unwrap_or_else(PoisonError::into_inner);
-            let last = ready.last_mut()?;
+            let Some(last) = ready.last_mut() else {
+                self.missed.fetch_add(1, Ordering::Relaxed);
+                return None;
+            };
             let nonce = std::mem::replace(last, Nonce::SPENT);
             ready.pop();
             (nonce, ready.len())
@@ -110,6 +126,11 @@ impl Nonces {
             }
         }
         Some(nonce)
+    }
+
+    /// How many signatures found the pool empty (and made their own nonce).
+    pub fn missed(&self) -> u64 {
+        self.missed.load(Ordering::Relaxed)
     }
 
     /// How many nonces are ready.
@@ -135,7 +156,9 @@ impl Nonces {
             };
             let mut ready = self.ready.lock().unwrap_or_else(PoisonError::into_inner);
             let fits = made.len().min(self.capacity - ready.len());
-            ready.extend(made.into_iter().take(fits));
+            // Copied in, so that dropping `made` wipes every nonce it held
+            // (moving them would leave them in its freed buffer).
+            ready.extend(made.iter().take(fits).map(Nonce::copy));
             added += fits;
         }
         added
