@@ -547,6 +547,27 @@ mod tests {
         }
     }
 
+    /// A signature does not wait for a pool whose lock is held (by a filler
+    /// preempted at the idle policy): it makes its own nonce, counted.
+    #[test]
+    fn a_signature_does_not_wait_for_a_held_pool() {
+        let pool = nonces::Nonces::new(16);
+        assert_eq!(pool.fill(16), 16);
+        let (k, _) = SigningKey::generate().unwrap();
+        let held = pool.hold();
+        let sig = k.signature(b"m", &pool);
+        assert_eq!(
+            sig.to_bytes(),
+            k.key.sign(b"m").to_bytes(),
+            "RFC 8032's own"
+        );
+        drop(held);
+        assert_eq!(pool.missed(), 1);
+        assert_eq!(pool.ready(), 16);
+        assert_ne!(k.signature(b"m", &pool).to_bytes(), sig.to_bytes());
+        assert_eq!(pool.ready(), 15);
+    }
+
     #[test]
     fn a_pool_never_gives_a_nonce_twice_nor_holds_more_than_its_capacity() {
         let pool = nonces::Nonces::new(200);

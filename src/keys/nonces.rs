@@ -22,7 +22,7 @@
 //! given the idle policy), a signature is made the RFC 8032 way.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
 
 use curve25519_dalek::{EdwardsPoint, Scalar};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -39,6 +39,10 @@ pub const CAPACITY: usize = 16_384;
 
 /// Nonces made per draw of random bytes and per taking of the pool's lock.
 const BATCH: usize = 64;
+
+/// Tries at the pool's lock before a signature makes its own nonce (a few
+/// microseconds of spinning; the lock is held for well under one).
+const LOCK_TRIES: usize = 64;
 
 /// A nonce `r` with its commitment `R = rB` (compressed).
 pub struct Nonce {
@@ -110,7 +114,10 @@ impl Nonces {
     /// once the pool is half empty.
     pub fn take(&self) -> Option<Nonce> {
         let (nonce, left) = {
-            let mut ready = self.ready.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(mut ready) = self.lock_briefly() else {
+                self.missed.fetch_add(1, Ordering::Relaxed);
+                return None;
+            };
             let Some(last) = ready.last_mut() else {
                 self.missed.fetch_add(1, Ordering::Relaxed);
                 return None;
@@ -128,9 +135,34 @@ impl Nonces {
         Some(nonce)
     }
 
-    /// How many signatures found the pool empty (and made their own nonce).
+    /// The pool's lock, if it can be had within a few tries. A signature
+    /// never waits for the filler: at the idle policy, a filler that a
+    /// waking request thread preempted while it held the lock would get its
+    /// core back only once no other thread wanted it, and a signature
+    /// blocked behind it would wait as long (no priority inheritance). It
+    /// signs without a nonce instead; the lock is held for the copy of one
+    /// nonce, or of a batch of [`BATCH`].
+    fn lock_briefly(&self) -> Option<MutexGuard<'_, Vec<Nonce>>> {
+        for _ in 0..LOCK_TRIES {
+            match self.ready.try_lock() {
+                Ok(ready) => return Some(ready),
+                Err(TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+                Err(TryLockError::WouldBlock) => std::hint::spin_loop(),
+            }
+        }
+        None
+    }
+
+    /// How many signatures found the pool empty or held (and made their own
+    /// nonce).
     pub fn missed(&self) -> u64 {
         self.missed.load(Ordering::Relaxed)
+    }
+
+    /// Holds the pool's lock (a test's stand-in for a preempted filler).
+    #[cfg(test)]
+    pub fn hold(&self) -> MutexGuard<'_, Vec<Nonce>> {
+        self.ready.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// How many nonces are ready.
