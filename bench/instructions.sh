@@ -16,6 +16,13 @@
 # up (demo data, Argon2 hashes, token issue) cancels out. Then the functions
 # that make up most of it, by their own instructions per retrieval.
 #
+# The Ed25519 nonces that receipts use are made ahead, in idle time, by the
+# pool's own thread (src/keys/nonces.rs): it fills its 16,384 once at the
+# start and again only once half are used, which the default N does not
+# reach in either run, so the figure is the request's path without them.
+# Each nonce is about 209,500 instructions more (2026-12-06), made on a core
+# nothing else wanted.
+#
 # BINARY: a consent benchmark executable built before (to compare two builds
 # of the same code base: copy target/release/deps/consent-* away first);
 # otherwise it is built here (`cargo bench --no-run`, fat LTO: 8-20 minutes
