@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
 
 use curve25519_dalek::{EdwardsPoint, Scalar};
-use ring::rand::{SecureRandom, SystemRandom};
 use sha2::{Digest, Sha512};
 use zeroize::Zeroize;
 
@@ -60,9 +59,7 @@ impl Nonce {
     pub fn parts(&self) -> (&Scalar, &[u8; 32]) {
         (&self.r, &self.big_r)
     }
-}
 
-impl Nonce {
     /// A copy, for the pool (the original is wiped when dropped).
     fn copy(&self) -> Nonce {
         Nonce {
@@ -113,18 +110,14 @@ impl Nonces {
     /// Takes a nonce if one is ready (never the same twice); wakes the filler
     /// once the pool is half empty.
     pub fn take(&self) -> Option<Nonce> {
-        let (nonce, left) = {
-            let Some(mut ready) = self.lock_briefly() else {
-                self.missed.fetch_add(1, Ordering::Relaxed);
-                return None;
-            };
-            let Some(last) = ready.last_mut() else {
-                self.missed.fetch_add(1, Ordering::Relaxed);
-                return None;
-            };
-            let nonce = std::mem::replace(last, Nonce::SPENT);
+        let taken = self.lock_briefly().and_then(|mut ready| {
+            let nonce = std::mem::replace(ready.last_mut()?, Nonce::SPENT);
             ready.pop();
-            (nonce, ready.len())
+            Some((nonce, ready.len()))
+        });
+        let Some((nonce, left)) = taken else {
+            self.missed.fetch_add(1, Ordering::Relaxed);
+            return None;
         };
         if left < self.capacity / 2 {
             if let Some(filler) = self.filler.get() {
@@ -198,11 +191,10 @@ impl Nonces {
 
     /// `n` fresh nonces, or none if the OS gave no random bytes.
     fn make(&self, n: usize) -> Option<Vec<Nonce>> {
-        let mut seed = vec![0u8; 32 * n];
-        if SystemRandom::new().fill(&mut seed).is_err() {
+        let Ok(mut seed) = super::random_bytes(32 * n) else {
             tracing::warn!("no random bytes for Ed25519 nonces: signing without them");
             return None;
-        }
+        };
         let made = seed
             .chunks_exact(32)
             .map(|random| {
@@ -237,12 +229,9 @@ impl Nonces {
                     return;
                 }
                 loop {
-                    while self.ready() < self.capacity {
-                        if self.fill(BATCH) == 0 {
-                            break;
-                        }
-                    }
-                    // Until a signature finds the pool half empty.
+                    // Up to its capacity (less if the OS gives no random bytes),
+                    self.fill(self.capacity);
+                    // then until a signature finds the pool half empty.
                     std::thread::park();
                 }
             });
