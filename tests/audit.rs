@@ -379,8 +379,8 @@ async fn the_database_refuses_changes_to_the_log() {
 /// Tampers with the log as `scenario` says, after two signed checkpoints;
 /// returns what the verifier said, the two checkpoints' sizes, and the sizes
 /// of every checkpoint there was before the change (the server also signs
-/// its own, every `checkpoint_interval`: on a slow machine one can fall
-/// between the appends).
+/// its own, at start and every `checkpoint_interval`: on a slow machine one
+/// can fall between the appends).
 async fn tampered(scenario: &str) -> (bool, Value, [i64; 2], Vec<i64>) {
     let s = TestServer::start().await;
     let regulator = s.regulator_token().await;

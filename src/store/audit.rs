@@ -142,12 +142,10 @@ fn head_from_row(row: &AnyRow) -> Result<Head> {
 /// travels as one JSON array parameter and the database unpacks it, so a
 /// batch of any size is one statement with one bind (binding 16 parameters
 /// per row through the driver cost more than the insert itself; measured
-/// with benches/audit.rs). On SQLite the rows are materialized first:
-/// `json_each` renders an element's `value` as text each time it is read,
-/// 16 times per row otherwise (perf: about a third of the writer thread at 64
-/// writers), and the head moves in a second statement (run in the same call,
-/// see [`super::Script`]); PostgreSQL moves the head in the INSERT's own
-/// statement, and only when every row went in.
+/// with benches/audit.rs). On SQLite the rows are materialized first
+/// (`sqlite_batch_rows!`), and the head moves in a second statement (run in
+/// the same call, see [`super::Script`]); PostgreSQL moves the head in the
+/// INSERT's own statement, and only when every row went in.
 fn append_sql(sqlite: bool) -> &'static str {
     static SQLITE: std::sync::LazyLock<String> =
         std::sync::LazyLock::new(|| build_append_sql(true));
@@ -181,8 +179,13 @@ fn build_append_sql(sqlite: bool) -> String {
         .join(", ");
     if sqlite {
         format!(
-            "WITH r AS MATERIALIZED (SELECT key, value AS v FROM json_each($1)) \
-             INSERT INTO audit_records ({COLUMNS}) SELECT {cols} FROM r ORDER BY key"
+            concat!(
+                "WITH ",
+                sqlite_batch_rows!(),
+                " INSERT INTO audit_records ({columns}) SELECT {cols} FROM r ORDER BY key"
+            ),
+            columns = COLUMNS,
+            cols = cols
         )
     } else {
         format!(
