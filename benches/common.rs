@@ -463,31 +463,29 @@ async fn paced_run(
 async fn exchange(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<u16> {
     use tokio::io::AsyncReadExt;
     buf.clear();
-    // The head's end, the status and the body's length, once the head is in.
-    let mut head: Option<(usize, u16, usize)> = None;
-    loop {
+    // Read until the head is in: the body's start, the status, its length.
+    let (start, status, length) = loop {
         if stream.read_buf(buf).await.ok()? == 0 {
             return None;
         }
-        if head.is_none() {
-            let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                continue;
-            };
-            let text = std::str::from_utf8(&buf[..at]).ok()?;
-            let status = text.get(9..12)?.parse().ok()?;
-            let length = text.lines().find_map(|l| {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..at]).ok()?;
+            let status: u16 = head.get(9..12)?.parse().ok()?;
+            let length: usize = head.lines().find_map(|l| {
                 let (name, value) = l.split_once(':')?;
                 name.eq_ignore_ascii_case("content-length")
                     .then(|| value.trim().parse().ok())?
             })?;
-            head = Some((at + 4, status, length));
+            break (at + 4, status, length);
         }
-        if let Some((start, status, length)) = head {
-            if buf.len() >= start + length {
-                return Some(status);
-            }
+    };
+    // Then until the body is.
+    while buf.len() < start + length {
+        if stream.read_buf(buf).await.ok()? == 0 {
+            return None;
         }
     }
+    Some(status)
 }
 
 /// The audit writer's totals, read from the server's metrics

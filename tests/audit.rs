@@ -393,11 +393,15 @@ async fn tampered(scenario: &str) -> (bool, Value, [i64; 2], Vec<i64>) {
         cp["tree_size"].as_i64().unwrap(),
     ];
     assert!(cli_verify(&s).0, "verifies before tampering");
-    let all: Vec<i64> =
-        sqlx::query_scalar("SELECT tree_size FROM audit_checkpoints ORDER BY tree_size")
-            .fetch_all(s.services.store.writer())
-            .await
-            .unwrap();
+    let all: Vec<i64> = s
+        .services
+        .store
+        .checkpoints()
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.tree_size)
+        .collect();
     assert!(
         all.contains(&sizes[0]) && all.contains(&sizes[1]),
         "{all:?}"
